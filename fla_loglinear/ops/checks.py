@@ -1,0 +1,94 @@
+"""Argument checks shared by every public op: each raises before any work is done."""
+from __future__ import annotations
+
+import torch
+
+from fla_loglinear.state import FenwickState
+
+__all__ = ["check_rank", "check_same_device", "check_float_dtypes", "check_cu_seqlens", "check_state", "check_heads"]
+
+
+def check_rank(name: str, x: torch.Tensor, ndim: int, layout: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have shape {layout} ({ndim} dims), got {tuple(x.shape)}")
+
+
+def check_dim(name: str, x: torch.Tensor, dim: int, expected: int, what: str, ref: str) -> None:
+    if x.shape[dim] != expected:
+        raise ValueError(
+            f"{name} has {what} = {x.shape[dim]} (shape {tuple(x.shape)}), expected {expected} to match {ref}"
+        )
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    items = [(n, t) for n, t in tensors.items() if t is not None]
+    name0, t0 = items[0]
+    for name, t in items[1:]:
+        if t.device != t0.device:
+            raise ValueError(f"{name} is on {t.device} but {name0} is on {t0.device}; all inputs must share a device")
+
+
+def check_float_dtypes(**tensors: torch.Tensor | None) -> None:
+    """q, k, v (the first three) must share one floating dtype; gates and scales may be any float."""
+    items = [(n, t) for n, t in tensors.items() if t is not None]
+    for name, t in items:
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    name0, t0 = items[0]
+    for name, t in items[1:3]:
+        if t.dtype != t0.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {name0} has {t0.dtype}; q, k and v must share a dtype")
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor | None, B: int, T: int) -> int:
+    """Validates packed sequence offsets and returns the number of sequences N."""
+    if cu_seqlens is None:
+        return B
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.ndim != 1:
+        shape = tuple(cu_seqlens.shape) if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__
+        raise ValueError(f"cu_seqlens must be a 1-D integer tensor of shape [N + 1], got {shape}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+    if B != 1:
+        raise ValueError(f"with cu_seqlens the batch size must be 1 (sequences are packed along T), got B = {B}")
+    if cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must hold at least 2 offsets [0, ..., T], got {cu_seqlens.tolist()}")
+    offsets = cu_seqlens.tolist()
+    if offsets[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {offsets[0]}")
+    if any(b <= a for a, b in zip(offsets[:-1], offsets[1:])):
+        raise ValueError(f"cu_seqlens must be strictly increasing, got {offsets}")
+    if offsets[-1] != T:
+        raise ValueError(f"cu_seqlens must end at the token count T = {T}, got {offsets[-1]}")
+    return len(offsets) - 1
+
+
+def check_heads(G: int, H: int, qk_name: str = "q/k", v_name: str = "v") -> None:
+    if H % G != 0:
+        raise ValueError(f"the {v_name} heads ({H}) must be a multiple of the {qk_name} heads ({G})")
+
+
+def check_state(
+    name: str, state: FenwickState | None, N: int, H: int, L: int, K: int, V: int, device: torch.device
+) -> None:
+    if state is None:
+        return
+    if not isinstance(state, FenwickState):
+        raise TypeError(f"{name} must be a fla_loglinear.FenwickState, got {type(state).__name__}")
+    expected = (N, H, L, K, V)
+    if tuple(state.states.shape) != expected:
+        raise ValueError(
+            f"{name}.states has shape {tuple(state.states.shape)}, expected [N, H, L, K, V] = {list(expected)} for this call"
+        )
+    if tuple(state.positions.shape) != (N,):
+        raise ValueError(f"{name}.positions has shape {tuple(state.positions.shape)}, expected [N] = [{N}]")
+    if state.positions.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name}.positions must be an integer tensor, got {state.positions.dtype}")
+    if not state.states.is_floating_point():
+        raise TypeError(f"{name}.states must be floating point, got {state.states.dtype}")
+    for field in ("states", "positions"):
+        dev = getattr(state, field).device
+        if dev != device:
+            raise ValueError(f"{name}.{field} is on {dev} but the inputs are on {device}")

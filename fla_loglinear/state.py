@@ -1,0 +1,44 @@
+"""The recurrent state of log-linear attention, shared by both variants."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["FenwickState"]
+
+
+@dataclass
+class FenwickState:
+    """Per-level states of ``N`` sequences, bucketed relative to each sequence's next position.
+
+    Attributes:
+        states: ``[N, H, L, K, V]`` float32; slot ``l`` sums the keys whose Fenwick level
+            (see :mod:`fla_loglinear.levels`) relative to query ``positions[n]`` is ``l``
+            (``>= L - 1`` for the last slot), each carried through every later transition.
+        positions: ``[N]`` int64; tokens each sequence has consumed, i.e. the position of
+            its next token.  Per sequence, so left padding and beam reordering just work.
+
+    A plain dataclass of tensors so that fla's ``Cache`` can carry, reorder and repeat it
+    (it maps ``index_select`` / ``repeat_interleave`` over the fields).
+    """
+
+    states: torch.Tensor
+    positions: torch.Tensor
+
+    @classmethod
+    def zeros(cls, N: int, H: int, L: int, K: int, V: int, device=None) -> "FenwickState":
+        return cls(
+            states=torch.zeros(N, H, L, K, V, dtype=torch.float32, device=device),
+            positions=torch.zeros(N, dtype=torch.int64, device=device),
+        )
+
+    @property
+    def num_levels(self) -> int:
+        return self.states.shape[2]
+
+    def detach(self) -> "FenwickState":
+        return FenwickState(self.states.detach(), self.positions.detach())
+
+    def clone(self) -> "FenwickState":
+        return FenwickState(self.states.clone(), self.positions.clone())
