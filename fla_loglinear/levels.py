@@ -81,11 +81,13 @@ def advance_level(a: int, b: int) -> int:
 
 def bit_length(x: torch.Tensor) -> torch.Tensor:
     """Elementwise ``int.bit_length`` of a non-negative integer tensor."""
-    x = x.to(torch.int64)
-    out = torch.zeros_like(x)
-    for b in range(63):
-        out += (x >> b) > 0
-    return out
+    x = torch.as_tensor(x).to(torch.int64)
+    # frexp's exponent is the bit length (x = m * 2**e, 0.5 <= m < 1); halves of 32 bits keep
+    # the int -> float64 conversion exact, so no loop over bits and no host sync.
+    hi, lo = x >> 32, x & 0xFFFFFFFF
+    e_hi = torch.frexp(hi.to(torch.float64))[1].to(torch.int64)
+    e_lo = torch.frexp(lo.to(torch.float64))[1].to(torch.int64)
+    return torch.where(hi > 0, 32 + e_hi, torch.where(lo > 0, e_lo, torch.zeros_like(x)))
 
 
 def level_matrix(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

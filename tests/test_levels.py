@@ -1,0 +1,143 @@
+"""Exhaustive small checks of fla_loglinear.levels against brute-force Fenwick definitions."""
+import pytest
+import torch
+
+from fla_loglinear.levels import (
+    advance_level,
+    bit_length,
+    buckets,
+    clamp_level,
+    level,
+    level_matrix,
+    num_levels,
+    state_slot_weights,
+)
+
+MAX_T = 130
+
+
+def fenwick_buckets(t):
+    """The Fenwick tree partition of [0, t]: {t} at level 0, then strip the lowest set bit of t
+    repeatedly; a stripped bit of size 2^(l-1) is the bucket of level l.  Returns {level: set}."""
+    out = {0: {t}}
+    rem = t
+    while rem:
+        low = rem & -rem
+        out[low.bit_length()] = set(range(rem - low, rem))
+        rem -= low
+    return out
+
+
+def brute_level(t, s):
+    for lvl, keys in fenwick_buckets(t).items():
+        if s in keys:
+            return lvl
+    raise AssertionError(f"key {s} is in no bucket of query {t}")
+
+
+def test_level_matches_fenwick_partition():
+    for t in range(MAX_T):
+        for s in range(t + 1):
+            assert level(t, s) == brute_level(t, s), (t, s)
+
+
+def test_level_rejects_keys_after_query():
+    with pytest.raises(ValueError, match="0 <= s <= t"):
+        level(3, 4)
+    with pytest.raises(ValueError):
+        level(3, -1)
+
+
+def test_buckets_partition_the_prefix():
+    for t in range(MAX_T):
+        bs = buckets(t)
+        covered = []
+        for lvl, start, stop in bs:
+            keys = list(range(start, stop))
+            assert keys, (t, lvl)
+            assert len(keys) == (1 if lvl == 0 else 2 ** (lvl - 1)), (t, lvl)
+            assert all(level(t, s) == lvl for s in keys), (t, lvl)
+            covered += keys
+        assert sorted(covered) == list(range(t + 1)), t
+        assert len(covered) == len(set(covered)), t
+        assert [b[0] for b in bs] == sorted(b[0] for b in bs), "finest first"
+        assert {lvl: set(range(a, b)) for lvl, a, b in bs} == fenwick_buckets(t), t
+    with pytest.raises(ValueError):
+        buckets(-1)
+
+
+def test_num_levels_is_the_largest_level_plus_one():
+    for T in range(1, MAX_T):
+        needed = 1 + max(level(t, s) for t in range(T) for s in range(t + 1))
+        assert num_levels(T) == needed, T
+    with pytest.raises(ValueError):
+        num_levels(0)
+
+
+def test_advance_level_is_the_merge_rule():
+    # Keys already in the state at a (s < a): their level seen from b is max(level at a, m).
+    for b in range(1, 70):
+        for a in range(b):
+            m = advance_level(a, b)
+            for s in range(a):
+                assert level(b, s) == max(level(a, s), m), (a, b, s)
+    # One token, and any start inside an aligned chunk: the new keys all land in slot m.
+    for a in range(200):
+        assert level(a + 1, a) == advance_level(a, a + 1)
+    for C in (1, 2, 4, 8, 16):
+        for b in range(C, 130, C):
+            for a in range(b - C, b):
+                assert {level(b, s) for s in range(a, b)} == {advance_level(a, b)}, (a, b, C)
+    for bad in ((3, 3), (4, 2), (-1, 2)):
+        with pytest.raises(ValueError):
+            advance_level(*bad)
+
+
+def test_clamp_level():
+    for L in range(1, 6):
+        for lvl in range(12):
+            assert clamp_level(lvl, L) == min(lvl, L - 1)
+        t = torch.arange(12)
+        assert torch.equal(clamp_level(t, L), torch.tensor([min(x, L - 1) for x in range(12)]))
+    with pytest.raises(ValueError):
+        clamp_level(3, 0)
+
+
+def test_bit_length_matches_python():
+    gen = torch.Generator().manual_seed(0)
+    vals = [0, 1, 2, 3, 4, 7, 8, 2**31 - 1, 2**31, 2**40 + 5, 2**62, 2**63 - 1]
+    vals += torch.randint(0, 2**62, (200,), generator=gen).tolist()
+    x = torch.tensor(vals, dtype=torch.int64)
+    assert bit_length(x).tolist() == [v.bit_length() for v in vals]
+    assert bit_length(torch.tensor([[5, 0], [9, 1]], dtype=torch.int32)).tolist() == [[3, 0], [4, 1]]
+
+
+def test_level_matrix():
+    t = torch.arange(5, 40)
+    s = torch.arange(0, 45)
+    lm = level_matrix(t, s)
+    expect = [[level(a, b) if b <= a else -1 for b in s.tolist()] for a in t.tolist()]
+    assert lm.tolist() == expect
+
+
+def test_state_slot_weights_follow_the_keys_in_each_slot():
+    gen = torch.Generator().manual_seed(1)
+    for L in (1, 2, 3, 5, 9):
+        for a in range(0, 40):
+            for t in range(a, a + 20):
+                lam = torch.rand(L, generator=gen, dtype=torch.float64)
+                w = state_slot_weights(lam, torch.tensor(t), torch.tensor(a))
+                assert w.shape == (L,)
+                for s in range(a):
+                    slot = clamp_level(level(a, s), L)
+                    assert w[slot] == lam[clamp_level(level(t, s), L)], (L, a, t, s)
+                # Nothing has merged yet at t == a: every slot is the query's own level.
+                if t == a:
+                    assert torch.equal(w, lam)
+    lam = torch.rand(3, 4, 6, generator=gen)
+    t = torch.tensor([[5], [9], [100]]).expand(3, 4)
+    a = torch.tensor([[3], [9], [64]]).expand(3, 4)
+    w = state_slot_weights(lam, t, a)
+    for i in range(3):
+        for j in range(4):
+            assert torch.equal(w[i, j], state_slot_weights(lam[i, j], t[i, j], a[i, j]))
