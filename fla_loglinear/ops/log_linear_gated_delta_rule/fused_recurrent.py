@@ -1,0 +1,164 @@
+"""Token-recurrent log-linear gated delta rule: decoding from a FenwickState."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import MAX_LEVELS, state_in, state_out, use_triton
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import _merge_slot
+from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
+from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_recurrent_log_linear_gated_delta_rule
+from fla_loglinear.state import FenwickState
+
+__all__ = ["fused_recurrent_log_linear_gated_delta_rule"]
+
+
+@triton.jit(do_not_specialize=["T"])
+def fused_recurrent_fwd_kernel(
+    q, k, v, g, beta, lam, o, h0, h, pos, cu_seqlens, scale, T, S_K, S_V,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr,
+):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_hv = i_nh // HV, i_nh % HV
+    i_h = i_hv // (HV // H)
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+    p = tl.load(pos + i_n).to(tl.int64)
+
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    # state_v_first only changes the strides of the [K, V] slot
+    o_h = i_nh.to(tl.int64) * L * K * V + o_k[:, None] * S_K + o_v[None, :] * S_V
+    p_h = h + o_h
+
+    for t in range(0, eos - bos):
+        i_t = bos + t
+        b_q = tl.load(q + (i_t * H + i_h) * K + o_k, mask=m_k, other=0.).to(tl.float32) * scale
+        b_k = tl.load(k + (i_t * H + i_h) * K + o_k, mask=m_k, other=0.).to(tl.float32)
+        b_v = tl.load(v + (i_t * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        b_eg = tl.exp(tl.load(g + i_t * HV + i_hv).to(tl.float32))
+        b_beta = tl.load(beta + i_t * HV + i_hv).to(tl.float32)
+        mm = _merge_slot(p, p + 1, L)
+
+        b_o = tl.zeros([BV], dtype=tl.float32)
+        b_acc = tl.zeros([BK, BV], dtype=tl.float32)
+        for l in range(L):
+            # the first token reads the caller's state, so it is never copied
+            if t == 0:
+                if HAS_H0:
+                    b_s = tl.load(h0 + o_h + l * K * V, mask=m_kv, other=0.).to(tl.float32)
+                else:
+                    b_s = tl.zeros([BK, BV], dtype=tl.float32)
+            else:
+                b_s = tl.load(p_h + l * K * V, mask=m_kv, other=0.)
+            # A_p S = e^g (S - beta k (k^T S)); the token's write goes to slot 0
+            b_ks = tl.sum(b_k[:, None] * b_s, 0)
+            b_s = b_eg * (b_s - b_beta * b_k[:, None] * b_ks[None, :])
+            if l == 0:
+                b_s += b_beta * b_k[:, None] * b_v[None, :]
+            b_lam = tl.load(lam + (i_t * HV + i_hv) * L + l).to(tl.float32)
+            b_o += b_lam * tl.sum(b_q[:, None] * b_s, 0)
+            # advance to p + 1: slots <= mm merge into slot mm
+            if l < mm:
+                b_acc += b_s
+                tl.store(p_h + l * K * V, tl.zeros([BK, BV], dtype=tl.float32), mask=m_kv)
+            elif l == mm:
+                tl.store(p_h + l * K * V, b_acc + b_s, mask=m_kv)
+            else:
+                tl.store(p_h + l * K * V, b_s, mask=m_kv)
+        tl.store(o + (i_t * HV + i_hv) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+        p += 1
+        # the next token reads slots other threads just wrote
+        tl.debug_barrier()
+
+
+def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale, initial_state,
+                                                    state_v_first, cu_seqlens, N):
+    B, T, H, K = q.shape
+    HV, V, L = v.shape[2], v.shape[3], level_scales.shape[-1]
+    if initial_state is None:
+        states, positions = None, torch.zeros(N, dtype=torch.int64, device=q.device)
+    else:
+        states, positions = initial_state.states, initial_state.positions.to(torch.int64)
+    # work in the caller's layout: [N, HV, L, K, V] or, with state_v_first, [N, HV, L, V, K]
+    h0 = None if initial_state is None else (states.transpose(-1, -2) if state_v_first else states).contiguous()
+    buf = torch.empty(N, HV, L, V, K, dtype=torch.float32, device=q.device) if state_v_first \
+        else torch.empty(N, HV, L, K, V, dtype=torch.float32, device=q.device)
+    s_k, s_v = (1, K) if state_v_first else (V, 1)
+    o = torch.empty(B, T, HV, V, dtype=v.dtype, device=q.device)
+    BK = max(16, triton.next_power_of_2(K))
+    BV = max(16, min(triton.next_power_of_2(V), 32 if K >= 128 else 64))
+    q, k, v, g, beta, level_scales = (x.contiguous() for x in (q, k, v, g, beta, level_scales))
+    fused_recurrent_fwd_kernel[(triton.cdiv(V, BV), N * HV)](
+        q, k, v, g, beta, level_scales, o, h0, buf, positions, cu_seqlens, scale, T, s_k, s_v,
+        H=H, HV=HV, K=K, V=V, L=L, BK=BK, BV=BV, IS_VARLEN=cu_seqlens is not None, HAS_H0=h0 is not None,
+        num_warps=4,
+    )
+    lengths = torch.full_like(positions, T) if cu_seqlens is None else (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    # buf is in the caller's layout; return it as [N, HV, L, K, V] so state_out can transpose back
+    kv = buf.transpose(-1, -2) if state_v_first else buf
+    return o, FenwickState(kv, positions + lengths)
+
+
+def fused_recurrent_log_linear_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    level_scales: torch.Tensor,
+    scale: float | None = None,
+    initial_state: FenwickState | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.LongTensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, FenwickState | None]:
+    r"""Log-linear Gated DeltaNet, token by token: decoding from a :class:`FenwickState`.
+
+    Same arguments and options as :func:`chunk_log_linear_gated_delta_rule` (shapes: q, k
+    ``[B, T, H, K]``, v ``[B, T, HV, V]``, g, beta ``[B, T, HV]``, level_scales ``[B, T, HV, L]``,
+    states ``[N, HV, L, K, V]`` or ``[N, HV, L, V, K]`` with ``state_v_first``).  Each sequence
+    continues from its own ``initial_state.positions[n]`` (read on the device: no host sync, no
+    recomputation of earlier tokens).  Per token: every slot goes through
+    ``A_p = e^{g_p} (I - beta_p k_p k_p^T)``, ``beta_p k_p v_p^T`` enters slot 0,
+    ``o_p = scale * sum_l lambda_p[l] q_p^T S_l``, then slots ``<= advance_level(p, p + 1)`` merge.
+
+    Forward only (decoding): raises if a gradient is required; train with the chunked op.
+    CUDA runs the Triton kernel; CPU runs ``naive_recurrent_log_linear_gated_delta_rule``.
+    """
+    op = "fused_recurrent_log_linear_gated_delta_rule"
+    opts = parse_options(op, use_qk_l2norm_in_kernel, kwargs)
+    state = state_in(initial_state, opts.state_v_first)
+    B, T, H, HV, K, V, L, N = check_log_linear_gated_delta_rule_args(
+        q, k, v, g, beta, level_scales, initial_state=state, cu_seqlens=cu_seqlens
+    )
+    if scale is None:
+        scale = K ** -0.5
+    q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
+    if use_triton(q, opts.force_triton):
+        tensors = [q, k, v, g, beta, level_scales, opts.A_log, opts.dt_bias] + ([] if state is None else [state.states])
+        if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
+            raise RuntimeError(f"{op} is forward-only (decoding); use chunk_log_linear_gated_delta_rule for training")
+        if L > MAX_LEVELS:
+            raise ValueError(f"level_scales has L = {L} levels; the Triton kernels support L <= {MAX_LEVELS}")
+        o, final = fused_recurrent_log_linear_gated_delta_rule_fwd(
+            q, k, v, g, beta, level_scales, scale, state, opts.state_v_first, cu_seqlens, N
+        )
+        final = final if output_final_state else None
+    else:
+        o, final = naive_recurrent_log_linear_gated_delta_rule(
+            q, k, v, g, beta, level_scales, scale=scale, initial_state=state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+        )
+    return o, state_out(final, opts.state_v_first)
