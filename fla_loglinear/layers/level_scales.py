@@ -1,0 +1,144 @@
+"""The lambda (level scale) projection shared by both log-linear layers, and what the layers add to fla's."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "LevelScaleProjection",
+    "LogLinearMixin",
+    "check_log_linear_options",
+    "DEFAULT_NUM_LEVELS",
+    "DEFAULT_LAMBDA_RANK",
+    "LAMBDA_INITS",
+]
+
+# 21 levels cover 2 ** 20 tokens exactly; longer sequences share the last lambda (levels.clamp_level).
+DEFAULT_NUM_LEVELS = 21
+DEFAULT_LAMBDA_RANK = 32
+LAMBDA_INITS = ("identity", "random")
+
+
+def check_log_linear_options(num_levels: int, lambda_rank: int, lambda_init: str) -> None:
+    """Raises a ValueError naming the option when one of the log-linear options is not usable."""
+    for name, value in (("num_levels", num_levels), ("lambda_rank", lambda_rank)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"log-linear option {name} must be an integer >= 1, got {value!r}")
+    if lambda_init not in LAMBDA_INITS:
+        raise ValueError(f"log-linear option lambda_init must be one of {LAMBDA_INITS}, got {lambda_init!r}")
+
+
+class LevelScaleProjection(nn.Module):
+    r"""Per-token, per-head, per-level lambdas from the hidden states.
+
+    ``lambda[..., h, l] = softplus(level_scale[h, l] * d[..., h, l] + level_bias[h, l]) / softplus(0)``
+    with ``d = weight_out @ (weight_in @ x)`` a rank-``lambda_rank`` projection: the paper's
+    "softplus of a learned per-head per-level scale times a projection of the input", kept small by
+    the bottleneck.  Dividing by ``softplus(0)`` makes ``d = 0, level_bias = 0`` give lambda = 1
+    exactly in any dtype, so the ``identity`` init (``weight_out = 0``) reproduces the linear
+    parent bit for bit; ``weight_in`` stays random so that ``weight_out`` gets a gradient at once.
+    ``random`` also draws ``weight_out``, so lambdas vary with the input from the start.
+
+    Not an ``nn.Linear``: fla's ``_init_weights`` re-draws every ``nn.Linear`` but calls
+    ``reset_parameters()`` on other modules, which keeps the intended init.
+
+    Args:
+        hidden_size: input features.
+        num_heads: heads lambdas are given for (value heads of the op).
+        num_levels: ``L``, lambdas per head.
+        lambda_rank: bottleneck width of the projection.
+        lambda_init: ``"identity"`` or ``"random"``.
+
+    Input ``[..., hidden_size]``; output ``[..., num_heads, num_levels]`` float32.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_levels: int,
+        lambda_rank: int,
+        lambda_init: str = "identity",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        check_log_linear_options(num_levels, lambda_rank, lambda_init)
+        factory = {"device": device, "dtype": dtype}
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.num_levels = num_levels
+        self.lambda_rank = lambda_rank
+        self.lambda_init = lambda_init
+        self.weight_in = nn.Parameter(torch.empty(lambda_rank, hidden_size, **factory))
+        self.weight_out = nn.Parameter(torch.empty(num_heads * num_levels, lambda_rank, **factory))
+        self.level_scale = nn.Parameter(torch.empty(num_heads, num_levels, **factory))
+        self.level_bias = nn.Parameter(torch.empty(num_heads, num_levels, **factory))
+        self.level_scale._no_weight_decay = True
+        self.level_bias._no_weight_decay = True
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.init is looked up at call time: transformers swaps in versions that skip loaded weights.
+        nn.init.normal_(self.weight_in, mean=0.0, std=self.hidden_size ** -0.5)
+        if self.lambda_init == "identity":
+            nn.init.zeros_(self.weight_out)
+        else:
+            nn.init.normal_(self.weight_out, mean=0.0, std=self.lambda_rank ** -0.5)
+        nn.init.ones_(self.level_scale)
+        nn.init.zeros_(self.level_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = F.linear(F.linear(x, self.weight_in), self.weight_out).float()
+        d = d.unflatten(-1, (self.num_heads, self.num_levels))
+        lam = F.softplus(self.level_scale.float() * d + self.level_bias.float())
+        return lam / F.softplus(lam.new_zeros(()))
+
+    def extra_repr(self) -> str:
+        return (f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_levels={self.num_levels}, "
+                f"lambda_rank={self.lambda_rank}, lambda_init={self.lambda_init!r}")
+
+
+class LogLinearMixin:
+    """What a log-linear layer adds to its fla parent: ``level_proj`` and conversion from a stock layer.
+
+    A subclass sets ``_stock_class`` (the fla layer it extends) and ``_lambda_heads`` (the attribute
+    holding the number of heads lambdas are given for).
+    """
+
+    _stock_class: type
+    _lambda_heads: str
+
+    def _init_log_linear(self, num_levels: int, lambda_rank: int, lambda_init: str) -> None:
+        ref = next(self.parameters())
+        self.num_levels = num_levels
+        self.level_proj = LevelScaleProjection(
+            self.hidden_size, getattr(self, self._lambda_heads), num_levels, lambda_rank, lambda_init,
+            device=ref.device, dtype=ref.dtype,
+        )
+
+    @classmethod
+    def from_stock(
+        cls,
+        layer: nn.Module,
+        num_levels: int = DEFAULT_NUM_LEVELS,
+        lambda_rank: int = DEFAULT_LAMBDA_RANK,
+        lambda_init: str = "identity",
+    ):
+        """Turns a stock fla layer into this log-linear layer in place and returns it.
+
+        Its parameters stay the same objects (optimizer state and tying survive); ``level_proj`` is
+        added on the layer's device and dtype.  With ``lambda_init="identity"`` the outputs are the
+        stock layer's.
+        """
+        if type(layer) is not cls._stock_class:
+            raise TypeError(
+                f"{cls.__name__}.from_stock needs a {cls._stock_class.__module__}.{cls._stock_class.__name__}, "
+                f"got {type(layer).__module__}.{type(layer).__name__}"
+            )
+        check_log_linear_options(num_levels, lambda_rank, lambda_init)
+        # same attributes plus level_proj: swapping the class keeps every existing parameter object.
+        layer.__class__ = cls
+        layer._init_log_linear(num_levels, lambda_rank, lambda_init)
+        return layer

@@ -1,0 +1,117 @@
+"""Config side of the patch: the ``log_linear`` fields on fla's configs and the checkpoint model types.
+
+A log-linear config is saved with its own ``model_type`` (``fla_loglinear_<fla type>``), which only a
+patched session knows: ``AutoConfig`` / ``AutoModel*`` refuse such a checkpoint without this
+package instead of silently building the stock model.
+"""
+from __future__ import annotations
+
+import functools
+
+from fla.models import GatedDeltaNetConfig, Mamba2Config
+
+from fla_loglinear.layers.level_scales import DEFAULT_LAMBDA_RANK, DEFAULT_NUM_LEVELS, check_log_linear_options
+
+__all__ = [
+    "LOG_LINEAR_FIELDS",
+    "GatedDeltaNetLogLinearConfig",
+    "Mamba2LogLinearConfig",
+    "LOG_LINEAR_CONFIGS",
+    "log_linear_options",
+    "wrap_config_init",
+    "wrap_config_to_dict",
+]
+
+# config field -> default; read with log_linear_options(config)
+LOG_LINEAR_FIELDS = {
+    "log_linear": False,
+    "log_linear_levels": DEFAULT_NUM_LEVELS,
+    "log_linear_lambda_rank": DEFAULT_LAMBDA_RANK,
+    "log_linear_lambda_init": "identity",
+}
+
+
+class GatedDeltaNetLogLinearConfig(GatedDeltaNetConfig):
+    """What a saved log-linear Gated DeltaNet config loads as (``log_linear`` defaults to True)."""
+
+    model_type = "fla_loglinear_gated_deltanet"
+
+    def __init__(self, log_linear: bool = True, **kwargs):
+        super().__init__(log_linear=log_linear, **kwargs)
+
+
+class Mamba2LogLinearConfig(Mamba2Config):
+    """What a saved log-linear Mamba-2 config loads as (``log_linear`` defaults to True)."""
+
+    model_type = "fla_loglinear_mamba2"
+
+    def __init__(self, log_linear: bool = True, **kwargs):
+        super().__init__(log_linear=log_linear, **kwargs)
+
+
+# stock config class -> the log-linear config class its checkpoints load as
+LOG_LINEAR_CONFIGS = {GatedDeltaNetConfig: GatedDeltaNetLogLinearConfig, Mamba2Config: Mamba2LogLinearConfig}
+_SUPPORTED = {cls for pair in LOG_LINEAR_CONFIGS.items() for cls in pair}
+
+
+def log_linear_options(config) -> dict | None:
+    """The layer options of a log-linear config (``num_levels``, ``lambda_rank``, ``lambda_init``), else None."""
+    if not getattr(config, "log_linear", False):
+        return None
+    opts = {
+        "num_levels": getattr(config, "log_linear_levels", DEFAULT_NUM_LEVELS),
+        "lambda_rank": getattr(config, "log_linear_lambda_rank", DEFAULT_LAMBDA_RANK),
+        "lambda_init": getattr(config, "log_linear_lambda_init", "identity"),
+    }
+    check_log_linear_options(**opts)
+    return opts
+
+
+def _check_fields(config, fields: dict) -> None:
+    if not isinstance(fields["log_linear"], bool):
+        raise ValueError(f"config option log_linear must be a bool, got {fields['log_linear']!r}")
+    if fields["log_linear"] and type(config) not in _SUPPORTED:
+        raise ValueError(
+            f"config option log_linear=True is not supported for {type(config).__module__}.{type(config).__name__} "
+            f"(model_type {type(config).model_type!r}); supported: {sorted(c.__name__ for c in _SUPPORTED)}"
+        )
+    try:
+        check_log_linear_options(
+            fields["log_linear_levels"], fields["log_linear_lambda_rank"], fields["log_linear_lambda_init"]
+        )
+    except ValueError as error:
+        raise ValueError(f"config: {error} (fields log_linear_levels / log_linear_lambda_rank / "
+                         f"log_linear_lambda_init)") from None
+
+
+def wrap_config_init(original):
+    """Config ``__init__`` that also takes (and validates) the log-linear fields, with their defaults."""
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        fields = {name: kwargs.pop(name, default) for name, default in LOG_LINEAR_FIELDS.items()}
+        # a saved log-linear config carries our model_type; the flag already says what it means
+        if kwargs.get("model_type") in {c.model_type for c in LOG_LINEAR_CONFIGS.values()}:
+            kwargs.pop("model_type")
+        _check_fields(self, fields)
+        original(self, *args, **kwargs)
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    __init__.__fla_loglinear_original__ = original
+    return __init__
+
+
+def wrap_config_to_dict(original, stock_class):
+    """``to_dict`` writing the log-linear model_type for log-linear configs (what save_pretrained stores)."""
+    model_type = LOG_LINEAR_CONFIGS[stock_class].model_type
+
+    @functools.wraps(original)
+    def to_dict(self):
+        out = original(self)
+        if out.get("log_linear"):
+            out["model_type"] = model_type
+        return out
+
+    to_dict.__fla_loglinear_original__ = original
+    return to_dict
