@@ -1,0 +1,126 @@
+"""Speed of scalar-gated log-linear attention against its baselines (CUDA only).
+
+bf16, H = 16, K = V = 128, 32K tokens per batch (B = 32768 / T); forward and forward+backward of:
+ours (chunk_log_linear_attn), fla's chunk_simple_gla (the linear parent), fla's
+chunk_log_linear_attn (up to 32K: it is slow and refuses sequences past 2^17 tokens) and causal
+SDPA (flash backend); plus one decode step (fused_recurrent) against fla's
+fused_recurrent_simple_gla at position 100,000.
+
+Run:  pytest benchmarks/test_bench_log_linear_attn.py --benchmark-json out.json
+Plot: python benchmarks/plot.py out.json bench.png
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fla_loglinear.levels import num_levels
+from fla_loglinear.state import FenwickState
+
+CUDA = torch.cuda.is_available()
+pytestmark = pytest.mark.skipif(not CUDA, reason="benchmarks need CUDA")
+
+TOKENS, H, K, V = 32768, 16, 128, 128
+T_VALUES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+OPS = ["ours", "fla_simple_gla", "fla_log_linear", "sdpa"]
+
+
+def make(T, lam_dtype=torch.float32):
+    B = max(1, TOKENS // T)
+    dev, bf = "cuda", torch.bfloat16
+    q, k, v = (torch.randn(B, T, H, d, device=dev, dtype=bf) for d in (K, K, V))
+    g = F.logsigmoid(torch.randn(B, T, H, device=dev) + 3.0)
+    lam = (torch.rand(B, T, H, num_levels(T), device=dev) + 0.5).to(lam_dtype)
+    return q, k, v, g, lam
+
+
+def op_fn(op, T):
+    """(callable returning the output, leaves needing grad) for one op at length T."""
+    if op == "ours":
+        from fla_loglinear.ops.log_linear_attn import chunk_log_linear_attn
+        q, k, v, g, lam = make(T)
+        return (lambda: chunk_log_linear_attn(q, k, v, g, lam)[0]), (q, k, v, g, lam), {}
+    if op == "fla_simple_gla":
+        import fla.ops.common.chunk_o as chunk_o
+        from fla.ops.simple_gla import chunk_simple_gla
+        # fla refuses its own gated backward on Hopper with triton < 3.7.1 (miscompiled there);
+        # we time it anyway, as an upper bound on what that backward costs.
+        chunk_o.IS_NVIDIA_HOPPER = False
+        q, k, v, g, _ = make(T)
+        return (lambda: chunk_simple_gla(q, k, v, g, scale=K ** -0.5)[0]), (q, k, v, g), {
+            "note": "fla.ops.common.chunk_o.IS_NVIDIA_HOPPER forced False to time its backward"}
+    if op == "fla_log_linear":
+        if T > 32768:
+            pytest.skip("fla's chunk_log_linear_attn is only timed up to 32K (slow; errors past 2^17 tokens)")
+        from fla.ops.log_linear_attn import chunk_log_linear_attn as fla_ll
+        # bf16 level_scales: fp32 ones fail to compile on triton 3.6
+        q, k, v, g, lam = make(T, lam_dtype=torch.bfloat16)
+        return (lambda: fla_ll(q, k, v, g, lam, scale=K ** -0.5)[0]), (q, k, v, g, lam), {}
+    if op == "sdpa":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        q, k, v, _, _ = make(T)
+        q, k, v = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+
+        def f():
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return f, (q, k, v), {}
+    raise ValueError(op)
+
+
+def timed(benchmark, fn, rounds):
+    def target():
+        fn()
+        torch.cuda.synchronize()
+    for _ in range(2):  # compile / autotune outside the timed rounds
+        target()
+    benchmark.pedantic(target, rounds=rounds, warmup_rounds=2, iterations=1)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("T", T_VALUES)
+def test_bench_chunk(benchmark, T, op, mode):
+    f, leaves, info = op_fn(op, T)
+    if mode == "fwdbwd":
+        for x in leaves:
+            x.requires_grad_(True)
+        do = torch.randn_like(f())
+
+        def run():
+            for x in leaves:
+                x.grad = None
+            f().backward(do)
+    else:
+        def run():
+            with torch.no_grad():
+                f()
+    benchmark.group = f"{mode} T={T}"
+    benchmark.extra_info.update(dict(T=T, op=op, mode=mode, group=mode, tokens=TOKENS, H=H, K=K, V=V, **info))
+    timed(benchmark, run, rounds=5 if op == "fla_log_linear" else 20)
+
+
+@pytest.mark.parametrize("op", ["ours", "fla_simple_gla"])
+def test_bench_decode(benchmark, op):
+    B, pos = 64, 100_000
+    dev, bf = "cuda", torch.bfloat16
+    q, k, v = (torch.randn(B, 1, H, d, device=dev, dtype=bf) for d in (K, K, V))
+    g = F.logsigmoid(torch.randn(B, 1, H, device=dev) + 3.0)
+    if op == "ours":
+        from fla_loglinear.ops.log_linear_attn import fused_recurrent_log_linear_attn
+        L = num_levels(2 * pos)
+        lam = torch.rand(B, 1, H, L, device=dev) + 0.5
+        st = FenwickState(torch.randn(B, H, L, K, V, device=dev),
+                          torch.full((B,), pos, device=dev, dtype=torch.int64))
+
+        def run():
+            fused_recurrent_log_linear_attn(q, k, v, g, lam, st, True)
+    else:
+        from fla.ops.simple_gla import fused_recurrent_simple_gla
+        h0 = torch.randn(B, H, K, V, device=dev)
+
+        def run():
+            fused_recurrent_simple_gla(q, k, v, g, scale=K ** -0.5, initial_state=h0, output_final_state=True)
+    benchmark.group = "decode B=64 pos=100000"
+    benchmark.extra_info.update(dict(T=1, op=op, mode="decode", group="decode", B=B, position=pos))
+    with torch.no_grad():
+        timed(benchmark, run, rounds=50)

@@ -1,0 +1,23 @@
+"""In-kernel copies of the level rules of :mod:`fla_loglinear.levels` (which stays the reference).
+
+Triton has no ``int.bit_length``; these unrolled versions must give exactly what
+``levels.bit_length`` / ``levels.level`` give for non-negative integers below ``2 ** NBITS``.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def bit_length(x, NBITS: tl.constexpr):
+    """``levels.bit_length`` elementwise (scalars or blocks) for ``0 <= x < 2 ** NBITS``."""
+    out = x * 0
+    for b in tl.static_range(NBITS):
+        out += ((x >> b) > 0).to(x.dtype)
+    return out
+
+
+@triton.jit
+def trailing_zeros(x, NBITS: tl.constexpr):
+    """Number of trailing zero bits of ``x >= 1``: a chunk boundary ``x`` ends the Fenwick node of
+    chunk level ``trailing_zeros(x) + 1`` (the ``2 ** trailing_zeros(x)`` chunks before ``x``)."""
+    return bit_length(x & (-x), NBITS) - 1
