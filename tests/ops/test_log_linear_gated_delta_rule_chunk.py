@@ -67,6 +67,8 @@ CASES = [
     (1, 200, 1, 2, 32, 16, 9, None),
     (2, 130, 1, 1, 16, 32, 5, [37, 300]),
     (2, 70, 2, 4, 32, 16, 3, [63, 1000]),
+    # K = 256: the backward scan re-reads its [C, K] tiles per slot (shared-memory limit on GPU)
+    (1, 150, 1, 1, 256, 16, 6, [45]),
 ]
 
 

@@ -117,7 +117,7 @@ def chunk_inter_bwd_kernel(
     dqe, dw, dkd, du, dgam, dom,
     chunk_offsets, pos_start, pos_end, NC,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, RELOAD: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // HV, i_nh % HV
@@ -153,6 +153,11 @@ def chunk_inter_bwd_kernel(
         b_u = tl.load(u + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)
         b_do = tl.load(do + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
         b_eg = tl.exp(tl.load(gam + i_c * HV + i_h).to(tl.float32))
+        p_qet = qe + r[None, :] * K + o_k[:, None]
+        p_wt = w + r[None, :] * K + o_k[:, None]
+        if not RELOAD:
+            b_qet = tl.trans(b_qe)
+            b_wt = tl.trans(b_w)
 
         # gradient of the merged slot after the chunk; every slot <= mm was folded into it
         b_dm = tl.load(p_dh + mm * K * V, mask=m_kv, other=0.)
@@ -165,6 +170,15 @@ def chunk_inter_bwd_kernel(
         tl.debug_barrier()
         for l in range(L):
             if ((live >> l) & 1) == 1:
+                if RELOAD:
+                    # large K: the five [C, K] operands do not fit shared memory together, so each
+                    # is re-read (from L2) right before its one use and its buffer dies with it
+                    b_qe = tl.load(qe + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
+                    b_w = tl.load(w + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
+                    b_kd = tl.load(kd + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
+                    # transposed tiles loaded as such: a separate load is never merged with the plain one
+                    b_qet = tl.load(p_qet, mask=m_k[:, None], other=0.)
+                    b_wt = tl.load(p_wt, mask=m_k[:, None], other=0.)
                 p_hs = hs + ((i_c * HV + i_h) * L + l) * K * V
                 b_s = tl.load(p_hs + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
                 if l <= mm:
@@ -185,8 +199,8 @@ def chunk_inter_bwd_kernel(
                 b_dw -= tl.dot(b_x.to(b_w.dtype), tl.trans(b_sd), input_precision=PREC)
                 b_ws = tl.dot(b_w, b_sd, input_precision=PREC)
                 b_dkd -= tl.dot(b_ws.to(b_kd.dtype), tl.trans(b_d.to(b_kd.dtype)), input_precision=PREC)
-                b_dnew = b_eg * b_d - tl.dot(tl.trans(b_w), b_x.to(b_w.dtype), input_precision=PREC) \
-                    + tl.dot(tl.trans(b_qe), b_dos.to(b_qe.dtype), input_precision=PREC)
+                b_dnew = b_eg * b_d - tl.dot(b_wt, b_x.to(b_w.dtype), input_precision=PREC) \
+                    + tl.dot(b_qet, b_dos.to(b_qe.dtype), input_precision=PREC)
                 tl.store(p_dh + l * K * V, b_dnew, mask=m_kv)
         pr = (part + i_c * HV + i_h) * C + o_c
         tl.store(dqe + pr[:, None] * K + o_k[None, :], b_dqe, mask=m_ck)
@@ -257,6 +271,8 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
         dqe, dw, dkd, du, dgam, dom,
         chunk_offsets, pos_start, pos_end, NC,
         HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, PREC=_precision(qe), num_warps=num_warps,
+        # K <= 128 fit on the H200 (fp32 included); K = 256 needed 296 KB of shared memory
+        RELOAD=BK > 128,
     )
     return dqe.sum(0), dw.sum(0), dkd.sum(0), du, dgam.sum(0), dom.sum(0), dh
 

@@ -39,6 +39,8 @@ class ChunkLayout:
     pos_end: torch.Tensor  # [N] int64, position after its last token
     row_pos: torch.Tensor  # [NC, C] int64, absolute position of every padded row
     chunk_start: torch.Tensor  # [NC] int64, position of the state each chunk starts from
+    # every start and length a multiple of C: padded rows are the tokens themselves (no copies)
+    identity: bool = False
 
 
 def make_layout(B: int, T: int, cu_seqlens, positions, device, C: int = 64) -> ChunkLayout:
@@ -76,11 +78,14 @@ def make_layout(B: int, T: int, cu_seqlens, positions, device, C: int = 64) -> C
         pos_end=start + torch.tensor(lens, dtype=torch.int64, device=device),
         row_pos=chunk_base[:, None] + torch.arange(C, device=device),
         chunk_start=torch.maximum(chunk_base, start[seq_of_chunk]),
+        identity=all(p % C == 0 and n % C == 0 for p, n in zip(p0, lens)),
     )
 
 
 def to_chunks(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
     """``[B, T, H, ...]`` -> ``[NC, H, C, ...]`` zero-padded, differentiable."""
+    if layout.identity:
+        return x.reshape(layout.NC, layout.C, *x.shape[2:]).transpose(1, 2)
     flat = x.reshape(-1, *x.shape[2:])
     out = flat.new_zeros(layout.NC * layout.C, *x.shape[2:]).index_copy(0, layout.slot_idx, flat)
     return out.reshape(layout.NC, layout.C, *x.shape[2:]).transpose(1, 2)
@@ -89,7 +94,9 @@ def to_chunks(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
 def from_chunks(x: torch.Tensor, layout: ChunkLayout, B: int, T: int) -> torch.Tensor:
     """``[NC, H, C, ...]`` -> ``[B, T, H, ...]``."""
     flat = x.transpose(1, 2).reshape(layout.NC * layout.C, *x.shape[1:2], *x.shape[3:])
-    return flat[layout.slot_idx].reshape(B, T, *flat.shape[1:])
+    if not layout.identity:
+        flat = flat[layout.slot_idx]
+    return flat.reshape(B, T, *flat.shape[1:])
 
 
 def chunk_local_fwd(q, k, v, g, beta, level_scales, scale: float, layout: ChunkLayout, dtype: torch.dtype):

@@ -134,11 +134,17 @@ def fused_recurrent_log_linear_gated_delta_rule(
     ``A_p = e^{g_p} (I - beta_p k_p k_p^T)``, ``beta_p k_p v_p^T`` enters slot 0,
     ``o_p = scale * sum_l lambda_p[l] q_p^T S_l``, then slots ``<= advance_level(p, p + 1)`` merge.
 
-    Forward only (decoding): raises if a gradient is required; train with the chunked op.
+    Forward only (decoding): raises on every device if a gradient is required; train with the chunked op.
     CUDA runs the Triton kernel; CPU runs ``naive_recurrent_log_linear_gated_delta_rule``.
     """
     op = "fused_recurrent_log_linear_gated_delta_rule"
     opts = parse_options(op, use_qk_l2norm_in_kernel, kwargs)
+    # same rule on every device and before any work: no path of this op has a backward
+    tensors = [q, k, v, g, beta, level_scales, opts.A_log, opts.dt_bias]
+    if isinstance(initial_state, FenwickState):
+        tensors.append(initial_state.states)
+    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors):
+        raise RuntimeError(f"{op} is forward-only (decoding); use chunk_log_linear_gated_delta_rule for training")
     state = state_in(initial_state, opts.state_v_first)
     B, T, H, HV, K, V, L, N = check_log_linear_gated_delta_rule_args(
         q, k, v, g, beta, level_scales, initial_state=state, cu_seqlens=cu_seqlens
@@ -147,9 +153,6 @@ def fused_recurrent_log_linear_gated_delta_rule(
         scale = K ** -0.5
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
     if use_triton(q, opts.force_triton):
-        tensors = [q, k, v, g, beta, level_scales, opts.A_log, opts.dt_bias] + ([] if state is None else [state.states])
-        if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
-            raise RuntimeError(f"{op} is forward-only (decoding); use chunk_log_linear_gated_delta_rule for training")
         if L > MAX_LEVELS:
             raise ValueError(f"level_scales has L = {L} levels; the Triton kernels support L <= {MAX_LEVELS}")
         o, final = fused_recurrent_log_linear_gated_delta_rule_fwd(
