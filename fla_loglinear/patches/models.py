@@ -158,13 +158,14 @@ def is_patched() -> bool:
     return _ACTIVE is not None
 
 
-def patch(cpu: bool = False) -> None:
+def patch(cpu: bool = True) -> None:
     """Make fla's Mamba-2 / Gated DeltaNet configs understand ``log_linear=True``. Idempotent.
 
     Config fields (defaults): ``log_linear`` (False), ``log_linear_levels`` (21),
     ``log_linear_lambda_rank`` (32), ``log_linear_lambda_init`` (``"identity"`` | ``"random"``).
-    Also routes fla's own ``LogLinearMamba2`` model to our scalar op.  ``cpu=True`` additionally
-    gives fla's Triton-only modules their PyTorch CPU paths (``patches.cpu.patch_cpu``).
+    Also routes fla's own ``LogLinearMamba2`` model to our scalar op, and (unless ``cpu=False``)
+    gives fla's Triton-only modules a PyTorch path taken only for CPU tensors
+    (``patches.cpu.patch_cpu``), so fla models run on a CPU; GPU paths are untouched.
     """
     global _ACTIVE, _CPU_BY_US
     if _ACTIVE is None:

@@ -116,6 +116,20 @@ def test_chunk_forward_backward_cpu(B, T, G, H, K, V, L, positions):
 
 
 @cpu_only
+def test_chunk_gpu_block_config_cpu():
+    """The CUDA block configuration of the first GPU failure (64-token chunks, K = 256 in four
+    64-wide blocks, V = 32, L = 18, starts 100003 and 3, partial last chunks reading dht): every
+    K block of the last chunk's final-state term must reach dv."""
+    B, T, G, H, K, V, L, positions = 2, 70, 1, 1, 256, 32, 18, [100003, 3]
+    xs, state = make_inputs(B, T, G, H, K, V, L, positions=positions, seed=300)
+    do, dht = torch.randn(B, T, H, V), torch.randn(B, H, L, K, V)
+    out = run(lambda *a, **kw: chunk_log_linear_attn(*a, _use_triton=True, _chunk_size=64, **kw),
+              xs, state, do=do, dht=dht)
+    ref = run(naive_recurrent_log_linear_attn, xs, state, do=do, dht=dht, dtype=torch.float64)
+    compare(ref, out, 2e-5)
+
+
+@cpu_only
 def test_chunk_varlen_cpu():
     offsets = [0, 5, 40, 75, 76]
     T, G, H, K, V, L = offsets[-1], 1, 2, 16, 16, 7

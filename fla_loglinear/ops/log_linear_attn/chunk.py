@@ -91,6 +91,12 @@ def _warps(BT: int, BK: int) -> int:
     return 8 if BT * BK >= 4096 else 4
 
 
+def _dot_precision(x: torch.Tensor) -> str:
+    # fp32 inputs get fp32-accurate products (three TF32 passes); plain TF32 is off by ~1e-3
+    # relative.  16-bit inputs ignore it.
+    return "tf32x3" if x.dtype == torch.float32 else "tf32"
+
+
 def chunk_gate_prefix(g: torch.Tensor, layout: ChunkLayout, BT: int) -> torch.Tensor:
     """``[NT + 1, H]`` float64: the gates summed over every chunk slot before each slot."""
     H = g.shape[-1]
@@ -110,7 +116,8 @@ def chunk_fenwick_nodes_fwd(k, v, g, Gb, layout: ChunkLayout, BT: int) -> torch.
     F = torch.empty(layout.NT, H, K, V, dtype=torch.float32, device=k.device)
     grid = (layout.N * H, triton.cdiv(V, BV), triton.cdiv(K, BK))
     chunk_fenwick_nodes_fwd_kernel[grid](
-        k, v, g, Gb, F, *layout.meta[1:], H=H, G=G, K=K, V=V, BT=BT, BK=BK, BV=BV, POS_BITS=POS_BITS
+        k, v, g, Gb, F, *layout.meta[1:], H=H, G=G, K=K, V=V, BT=BT, BK=BK, BV=BV, POS_BITS=POS_BITS,
+        DOT_PREC=_dot_precision(k),
     )
     return F
 
@@ -124,7 +131,7 @@ def chunk_log_linear_attn_fwd(q, k, v, g, level_scales, h0, output_final_state, 
     F = chunk_fenwick_nodes_fwd(k, v, g, Gb, layout, BT)
     o = torch.empty_like(v)
     consts = dict(H=H, G=G, K=K, V=V, L=L, BT=BT, LOG2_BT=BT.bit_length() - 1, BK=BK, BV=BV,
-                  USE_INITIAL_STATE=h0 is not None, POS_BITS=POS_BITS)
+                  USE_INITIAL_STATE=h0 is not None, POS_BITS=POS_BITS, DOT_PREC=_dot_precision(q))
     chunk_log_linear_attn_fwd_o_kernel[(layout.NT, triton.cdiv(V, BV), H)](
         q, k, v, g, level_scales, F, h0, Gb, o, *layout.meta, scale, **consts, num_warps=_warps(BT, BK)
     )
@@ -153,7 +160,7 @@ def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout:
     BK, BV = _blocks(K, V)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
     consts = dict(H=H, G=G, K=K, V=V, L=L, BT=BT, LOG2_BT=BT.bit_length() - 1, BK=BK, BV=BV,
-                  USE_INITIAL_STATE=h0 is not None, POS_BITS=POS_BITS)
+                  USE_INITIAL_STATE=h0 is not None, POS_BITS=POS_BITS, DOT_PREC=_dot_precision(q))
     Gb = chunk_gate_prefix(g, layout, BT)
     F = chunk_fenwick_nodes_fwd(k, v, g, Gb, layout, BT)
 

@@ -21,7 +21,7 @@ def chunk_log_linear_attn_bwd_dnodes_kernel(
     q, do, g, lam, Gb, dht, dF, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0, scale,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr,
     BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr, HAS_DHT: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr, HAS_DHT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     # Node e ends at chunk boundary x = A0 + e; the query chunks [x, x + lowbit(x)) read it.
     i_c, i_kv, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
@@ -52,7 +52,7 @@ def chunk_log_linear_attn_bwd_dnodes_kernel(
             b_G = tl.cumsum(tl.load(g + rows * H + i_h, mask=m_t, other=0).to(tl.float32), axis=0)
             b_w = tl.load(lam + rows * (H * L) + i_h * L + lw, mask=m_t, other=0).to(tl.float32)
             b_w = b_w * exp((tl.load(Gb + (c0 + jq) * H + i_h) - gb_x).to(tl.float32) + b_G)
-            b_dF += tl.dot(tl.trans((b_q * b_w[:, None]).to(b_q.dtype)), b_do.to(b_q.dtype))
+            b_dF += tl.dot(tl.trans((b_q * b_w[:, None]).to(b_q.dtype)), b_do.to(b_q.dtype), input_precision=DOT_PREC)
         b_dF *= scale
         if HAS_DHT:
             A_end = (p0 + T_n) // BT
@@ -98,7 +98,7 @@ def chunk_log_linear_attn_bwd_dv_kernel(
     q, k, do, g, lam, Gb, dF, dht, dv, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0, scale,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr,
     BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr, HAS_DHT: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr, HAS_DHT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     i_c, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_g = i_h // (H // G)
@@ -132,22 +132,30 @@ def chunk_log_linear_attn_bwd_dv_kernel(
         m_kv = m_k[:, None] & m_v[None, :]
         b_q = tl.load(q + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
         b_k = tl.load(k + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
-        b_A += tl.dot(b_q, tl.trans(b_k))
+        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
         b_dh = tl.load(dF + ((c0 + i_j) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-        b_dv += tl.dot((b_k * dec_h[:, None]).to(b_k.dtype), b_dh.to(b_k.dtype))
-        if HAS_DHT:
-            if is_last:
-                for l in range(L):
-                    p_dht = dht + ((i_n * H + i_h) * L + l) * (K * V) + o_k[:, None] * V + o_v[None, :]
-                    b_kd = (b_k * tl.where(m_t & (slot == l), dec_e, 0)[:, None]).to(b_k.dtype)
-                    b_dv += tl.dot(b_kd, tl.load(p_dht, mask=m_kv, other=0).to(b_k.dtype))
+        b_dv += tl.dot((b_k * dec_h[:, None]).to(b_k.dtype), b_dh.to(b_k.dtype), input_precision=DOT_PREC)
+    if HAS_DHT:
+        # The final state holds the keys of the sequence's last chunk by their slots.  One flat
+        # (slot, K block) loop whose trip count is zero except in that chunk: written as a slot
+        # loop nested in the K loop under a runtime branch, this term came out wrong on an H200
+        # (Triton 3.6, fp32, four K blocks) while the interpreter agreed with the reference.
+        for i_lk in range(tl.where(is_last, L * tl.cdiv(K, BK), 0)):
+            l = i_lk // tl.cdiv(K, BK)
+            o_k = (i_lk % tl.cdiv(K, BK)) * BK + tl.arange(0, BK)
+            m_k = o_k < K
+            b_k = tl.load(k + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+            b_kd = (b_k * tl.where(m_t & (slot == l), dec_e, 0)[:, None]).to(b_k.dtype)
+            p_dht = dht + ((i_n * H + i_h) * L + l) * (K * V) + o_k[:, None] * V + o_v[None, :]
+            b_dht = tl.load(p_dht, mask=m_k[:, None] & m_v[None, :], other=0).to(b_k.dtype)
+            b_dv += tl.dot(b_kd, b_dht, input_precision=DOT_PREC)
 
     lv = bit_length(o_i[:, None] ^ o_i[None, :], LOG2_BT + 1)
     causal = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
     b_W = intra_level_weights(lam + rows * (H * L) + i_h * L, lv, causal, L)
     b_D = exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
     b_do = tl.load(do + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-    b_dv += tl.dot(tl.trans((b_A * b_W * b_D * scale).to(b_do.dtype)), b_do)
+    b_dv += tl.dot(tl.trans((b_A * b_W * b_D * scale).to(b_do.dtype)), b_do, input_precision=DOT_PREC)
     tl.store(dv + rows[:, None] * (H * V) + i_h * V + o_v[None, :], b_dv.to(dv.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
@@ -158,7 +166,7 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
     chunk_indices, seq_bos, seq_len, chunk_offsets, pos0, scale, BTOT,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, LP: tl.constexpr,
     BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr, NV: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr, HAS_DHT: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr, HAS_DHT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     # dq, dk per value head (GQA groups are summed outside); d lambda and q.dq - k.dk are
     # partial sums over this K block (summed over the NK blocks outside).
@@ -206,14 +214,14 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
         b_v = tl.load(v + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
         b_do = tl.load(do + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
         b_do = b_do.to(b_v.dtype)
-        b_dA += tl.dot(b_do, tl.trans(b_v))
+        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
         x = A
         while x > A0:
             e = x - A0
             lw = tl.minimum(LOG2_BT + 1 + trailing_zeros(x, POS_BITS), L - 1)
             dec = scale * exp((gb_j - tl.load(Gb + (c0 + e) * H + i_h)).to(tl.float32) + b_G)
             b_F = tl.load(F + ((c0 + e - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-            b_dqF = tl.dot(b_do, tl.trans(b_F.to(b_do.dtype)))
+            b_dqF = tl.dot(b_do, tl.trans(b_F.to(b_do.dtype)), input_precision=DOT_PREC)
             b_dq += b_dqF * (tl.load(p_lam + lw, mask=m_t, other=0).to(tl.float32) * dec)[:, None]
             b_dlam += tl.where(o_l[None, :] == lw, (dec * tl.sum(b_q * b_dqF, axis=1))[:, None], 0)
             x = x & (x - 1)
@@ -221,31 +229,31 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
             for l in range(L):
                 idx = tl.minimum(tl.maximum(m0, l), L - 1)
                 b_S = tl.load(h0 + ((i_n * H + i_h) * L + l) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-                b_dqS = tl.dot(b_do, tl.trans(b_S.to(b_do.dtype)))
+                b_dqS = tl.dot(b_do, tl.trans(b_S.to(b_do.dtype)), input_precision=DOT_PREC)
                 b_dq += b_dqS * (tl.load(p_lam + idx, mask=m_t, other=0).to(tl.float32) * dec0)[:, None]
                 b_dlam += tl.where(o_l[None, :] == idx[:, None], (dec0 * tl.sum(b_q * b_dqS, axis=1))[:, None], 0)
         # this chunk's keys as read by every later chunk (the node gradients, already scaled)
         b_dh = tl.load(dF + ((c0 + i_j) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-        b_dk += tl.dot(b_v, tl.trans(b_dh.to(b_v.dtype))) * dec_h[:, None]
+        b_dk += tl.dot(b_v, tl.trans(b_dh.to(b_v.dtype)), input_precision=DOT_PREC) * dec_h[:, None]
         if HAS_DHT:
             if is_last:
                 for l in range(L):
                     p_dht = dht + ((i_n * H + i_h) * L + l) * (K * V) + o_k[:, None] * V + o_v[None, :]
-                    b_dvh = tl.dot(b_v, tl.trans(tl.load(p_dht, mask=m_kv, other=0).to(b_v.dtype)))
+                    b_dvh = tl.dot(b_v, tl.trans(tl.load(p_dht, mask=m_kv, other=0).to(b_v.dtype)), input_precision=DOT_PREC)
                     b_dk += b_dvh * tl.where(m_t & (slot == l), dec_e, 0)[:, None]
 
     lv = bit_length(o_i[:, None] ^ o_i[None, :], LOG2_BT + 1)
     causal = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
     b_D = scale * exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
     b_dA = b_dA * b_D
-    b_R = b_dA * tl.dot(b_q, tl.trans(b_k))
+    b_R = b_dA * tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
     b_W = intra_level_weights(p_lam, lv, causal, L)
     for lvl in tl.static_range(LOG2_BT + 1):
         b_s = tl.sum(tl.where(lv == lvl, b_R, 0), axis=1)
         b_dlam += tl.where(o_l[None, :] == min(lvl, L - 1), b_s[:, None], 0)
     b_dAm = (b_dA * b_W).to(b_q.dtype)
-    b_dq += tl.dot(b_dAm, b_k)
-    b_dk += tl.dot(tl.trans(b_dAm), b_q)
+    b_dq += tl.dot(b_dAm, b_k, input_precision=DOT_PREC)
+    b_dk += tl.dot(tl.trans(b_dAm), b_q, input_precision=DOT_PREC)
     b_dG = tl.sum(b_q.to(tl.float32) * b_dq, axis=1) - tl.sum(b_k.to(tl.float32) * b_dk, axis=1)
 
     m_qk = m_t[:, None] & m_k[None, :]
@@ -261,7 +269,7 @@ def chunk_log_linear_attn_bwd_dstate_kernel(
     q, do, g, lam, Gb, dht, dh0, seq_bos, seq_len, chunk_offsets, pos0, scale,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr,
     BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr, HAS_DHT: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr, HAS_DHT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     # Slot l of the initial state is read by every query t with weight
     # lambda_t[min(max(l, bit_length(t ^ p0)), L - 1)] (levels.state_slot_weights).
@@ -288,7 +296,7 @@ def chunk_log_linear_attn_bwd_dstate_kernel(
         idx = tl.minimum(tl.maximum(bit_length(((A0 + j) * BT + o_i) ^ p0, POS_BITS), i_l), L - 1)
         b_w = tl.load(lam + rows * (H * L) + i_h * L + idx, mask=m_t, other=0).to(tl.float32)
         b_w = b_w * exp((tl.load(Gb + (c0 + j) * H + i_h) - gb0).to(tl.float32) + b_G)
-        b_dS += tl.dot(tl.trans((b_q * b_w[:, None]).to(b_q.dtype)), b_do.to(b_q.dtype))
+        b_dS += tl.dot(tl.trans((b_q * b_w[:, None]).to(b_q.dtype)), b_do.to(b_q.dtype), input_precision=DOT_PREC)
     b_dS *= scale
     if HAS_DHT:
         gb_last = tl.load(Gb + tl.load(chunk_offsets + i_n + 1).to(tl.int64) * H + i_h)

@@ -61,7 +61,7 @@ def chunk_gate_sum_kernel(g, gsum, chunk_indices, seq_bos, seq_len, chunk_offset
 def chunk_fenwick_nodes_fwd_kernel(
     k, v, g, Gb, F, seq_bos, seq_len, chunk_offsets, pos0,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, POS_BITS: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, POS_BITS: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     # One program walks a sequence's chunks in order: each node is its last chunk plus the
     # smaller nodes ending inside it, which this program has just written (about 2 states a chunk).
@@ -85,7 +85,7 @@ def chunk_fenwick_nodes_fwd_kernel(
         b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0).to(tl.float32)
         b_G = tl.cumsum(b_g, axis=0)
         b_kd = (b_k * exp(tl.sum(b_g, axis=0) - b_G)[:, None]).to(b_k.dtype)
-        b_h = tl.dot(tl.trans(b_kd), b_v)
+        b_h = tl.dot(tl.trans(b_kd), b_v, input_precision=DOT_PREC)
         x = A0 + e
         gb_e = tl.load(Gb + (c0 + e) * H + i_h)
         lim = tl.minimum(x & (-x), e)
@@ -108,7 +108,7 @@ def chunk_log_linear_attn_fwd_o_kernel(
     q, k, v, g, lam, F, h0, Gb, o, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0, scale,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr,
     BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     i_c, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_g = i_h // (H // G)
@@ -142,7 +142,7 @@ def chunk_log_linear_attn_fwd_o_kernel(
         m_kv = m_k[:, None] & m_v[None, :]
         b_q = tl.load(q + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_qk, other=0)
         b_k = tl.load(k + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_qk, other=0)
-        b_A += tl.dot(b_q, tl.trans(b_k))
+        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
         x = A
         while x > A0:
             e = x - A0
@@ -150,13 +150,13 @@ def chunk_log_linear_attn_fwd_o_kernel(
             b_w = tl.load(p_lam + lw, mask=m_t, other=0).to(tl.float32)
             b_w = b_w * exp((gb_j - tl.load(Gb + (c0 + e) * H + i_h)).to(tl.float32) + b_G)
             b_F = tl.load(F + ((c0 + e - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-            b_o += tl.dot((b_q * b_w[:, None]).to(b_q.dtype), b_F.to(b_q.dtype))
+            b_o += tl.dot((b_q * b_w[:, None]).to(b_q.dtype), b_F.to(b_q.dtype), input_precision=DOT_PREC)
             x = x & (x - 1)
         if USE_INITIAL_STATE:
             for l in range(L):
                 b_w = tl.load(p_lam + tl.minimum(tl.maximum(m0, l), L - 1), mask=m_t, other=0).to(tl.float32) * dec0
                 b_S = tl.load(h0 + ((i_n * H + i_h) * L + l) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-                b_o += tl.dot((b_q * b_w[:, None]).to(b_q.dtype), b_S.to(b_q.dtype))
+                b_o += tl.dot((b_q * b_w[:, None]).to(b_q.dtype), b_S.to(b_q.dtype), input_precision=DOT_PREC)
 
     # Keys of this chunk: the chunk is aligned, so levels are those of the local indices.
     lv = bit_length(o_i[:, None] ^ o_i[None, :], LOG2_BT + 1)
@@ -164,7 +164,7 @@ def chunk_log_linear_attn_fwd_o_kernel(
     b_W = intra_level_weights(p_lam, lv, causal, L)
     b_D = exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
     b_v = tl.load(v + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-    b_o += tl.dot((b_A * b_W * b_D).to(b_v.dtype), b_v)
+    b_o += tl.dot((b_A * b_W * b_D).to(b_v.dtype), b_v, input_precision=DOT_PREC)
     tl.store(o + rows[:, None] * (H * V) + i_h * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
@@ -174,7 +174,7 @@ def chunk_log_linear_attn_fwd_final_state_kernel(
     k, v, g, Gb, F, h0, ht, seq_bos, seq_len, chunk_offsets, pos0,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr,
     BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     # The state at p_end = p0 + T_n relative to the next query p_end: the nodes on p_end's chunk
     # path, the keys of p_end's own (partial) chunk by their levels, and the moved initial slots.
@@ -218,5 +218,5 @@ def chunk_log_linear_attn_fwd_final_state_kernel(
                 b_S += exp((gb_last - gb_x).to(tl.float32)) * tl.load(p_F, mask=m_kv, other=0)
             x = x & (x - 1)
         b_kd = (b_k * tl.where(m_t & (slot == l), dec, 0)[:, None]).to(b_k.dtype)
-        b_S += tl.dot(tl.trans(b_kd), b_v)
+        b_S += tl.dot(tl.trans(b_kd), b_v, input_precision=DOT_PREC)
         tl.store(ht + ((i_n * H + i_h) * L + l) * (K * V) + o_k[:, None] * V + o_v[None, :], b_S, mask=m_kv)
