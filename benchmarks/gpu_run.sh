@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
-# One device run on the GPU machine: `bash benchmarks/gpu_run.sh tests|bench|all`.
-# Expects fla's wheels in .whl/ (see ../shared/gpu/prepare-wheels.sh) and $OUT from the device tool.
+# One device run on the GPU machine (see ../shared/gpu/README.md): `bash benchmarks/gpu_run.sh`.
+# Test groups run side by side (correctness only), then the benchmarks one after another on a
+# quiet GPU.  Everything lands in $OUT/run and is packed into $OUT/run.tar.gz (the device tool
+# brings back at most 8 files).  Env: TEST_TIMEOUT, BENCH_TIMEOUT (seconds per group).
 set -uo pipefail
-mode=${1:-all}
 OUT=${OUT:-benchmarks/results/local}
-mkdir -p "$OUT"
+R=$OUT/run
+mkdir -p "$R"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/triton-cache
 {
   date -u +"date: %Y-%m-%dT%H:%M:%SZ"
+  git log -1 --format="commit: %H %s" 2>/dev/null || true
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton, fla, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| triton', triton.__version__, '| fla', fla.__version__, '| transformers', transformers.__version__)"
-} 2>&1 | tee "$OUT/env.txt"
-rc=0
-if [[ $mode == tests || $mode == all ]]; then
-  timeout ${TEST_TIMEOUT:-420} python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/ops} 2>&1 | tee "$OUT/gpu-tests.log" || rc=1
-fi
-if [[ $mode == bench || $mode == all ]]; then
-  timeout ${BENCH_TIMEOUT:-480} python3 -m pytest -q benchmarks ${BENCH_K:+-k "$BENCH_K"} --benchmark-only \
-    --benchmark-json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" || rc=1
-  python3 benchmarks/plot.py "$OUT/bench.json" "$OUT" 2>&1 | tee -a "$OUT/bench.log"
-fi
-exit $rc
+} 2>&1 | tee "$R/env.txt"
+TT=${TEST_TIMEOUT:-240}
+pt() { local name=$1; shift; timeout "$TT" python3 -m pytest -q -p no:cacheprovider "$@" > "$R/tests-$name.log" 2>&1; echo "tests-$name rc=$?" >> "$R/summary.txt"; }
+pt scalar tests/ops/test_log_linear_attn_chunk.py tests/ops/test_log_linear_attn_fused_recurrent.py &
+pt gdn tests/ops/test_log_linear_gated_delta_rule_chunk.py tests/ops/test_log_linear_gated_delta_rule_fused_recurrent.py -k "gpu or cuda or forward_only" &
+pt models tests/patches tests/layers -k "gpu or cuda" &
+wait
+tail -n 3 "$R"/tests-*.log | tee -a "$R/summary.txt"
+BT=${BENCH_TIMEOUT:-170}
+for b in log_linear_attn log_linear_gated_delta_rule; do
+  BENCH_JSONL="$R/bench-$b.jsonl" timeout "$BT" python3 -m pytest -q -p no:cacheprovider \
+    "benchmarks/test_bench_$b.py" --benchmark-only --benchmark-json "$R/bench-$b.json" > "$R/bench-$b.log" 2>&1
+  echo "bench-$b rc=$?" >> "$R/summary.txt"
+  python3 benchmarks/plot.py "$R/bench-$b.json" "$R/bench-$b.png" >> "$R/bench-$b.log" 2>&1
+done
+cat "$R/summary.txt"
+tar -czf "$OUT/run.tar.gz" -C "$OUT" run
+cp "$R/summary.txt" "$R/env.txt" "$OUT/"

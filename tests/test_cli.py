@@ -1,0 +1,169 @@
+"""The command line: flag errors, `bench` without a GPU, and tiny `demo` runs end to end."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fla_loglinear.demo as demo
+from fla_loglinear.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--steps", "4", "--seq-len", "32", "--batch-size", "4", "--kv-pairs", "4", "--device", "cpu", "--no-progress"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run(
+        [sys.executable, "-m", "fla_loglinear", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "required"),
+        (["demo", "--model", "transformer"], "invalid choice"),
+        (["demo", "--steps", "0"], "positive integer"),
+        (["demo", "--seq-len", "-5"], "positive integer"),
+        (["demo", "--seq-len", "abc"], "positive integer"),
+        (["demo", "--batch-size", "0"], "positive integer"),
+        (["demo", "--seq-len", "16", "--kv-pairs", "8"], "too short"),
+        (["demo", "--device", "tpu"], "device"),
+        (["demo", "--unknown-flag"], "unrecognized arguments"),
+        (["bench", "--parts", "kernels,foo"], "foo"),
+        (["bench", "--seq-lens", "2048,0"], "--seq-lens"),
+    ],
+)
+def test_bad_flags_exit_2_with_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage:" in err
+
+
+def test_bad_flag_through_the_entry_point():
+    proc = run_cli("demo", "--model", "rnn")
+    assert proc.returncode == 2
+    assert "invalid choice: 'rnn'" in proc.stderr
+
+
+def test_bench_without_gpu_exits_2(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err
+
+
+class _StubLM(torch.nn.Module):
+    """Stands in for a fla model to exercise the demo's plumbing without fla's kernels."""
+
+    def __init__(self, vocab_size: int, width: int):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab_size, width)
+        self.rnn = torch.nn.GRU(width, width, batch_first=True)
+        self.head = torch.nn.Linear(width, vocab_size)
+
+    def forward(self, input_ids):
+        return type("Out", (), {"logits": self.head(self.rnn(self.emb(input_ids))[0])})()
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens=1, do_sample=False, use_cache=True):
+        for _ in range(max_new_tokens):
+            nxt = self(input_ids).logits[:, -1].argmax(-1, keepdim=True)
+            input_ids = torch.cat([input_ids, nxt], dim=1)
+        return input_ids
+
+
+def _stub_build(arch, log_linear, settings):
+    torch.manual_seed(settings.seed)
+    return _StubLM(settings.vocab_size, 16 if log_linear else 8)
+
+
+def test_demo_plumbing_with_stub_models(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo, "build_model", _stub_build)
+    results = []
+    for run in range(2):
+        assert main(["demo", *TINY, "--output", str(tmp_path / str(run))]) == 0
+        results.append(json.loads((tmp_path / str(run) / "results.json").read_text()))
+    a, b = results
+    assert [m["name"] for m in a["models"]] == [
+        "Gated DeltaNet (stock)", "Gated DeltaNet (log-linear)", "Mamba-2 (stock)", "Mamba-2 (log-linear)"
+    ]
+    for m in a["models"]:
+        assert len(m["losses"]) == 4 and 0.0 <= m["accuracy"] <= 1.0
+        assert m["parameters"] == sum(p.numel() for p in _stub_build("", m["log_linear"], demo.DemoSettings()).parameters())
+    strip = lambda r: [{k: v for k, v in m.items() if k != "timing"} for m in r["models"]]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert a["generate"]["generated"] == b["generate"]["generated"]
+
+
+def _check_results(res: dict, archs: list[str]) -> None:
+    assert res["task"]["name"] == "mqar" and res["task"]["seq_len"] == 32 and res["task"]["kv_pairs"] == 4
+    assert res["settings"]["archs"] == archs
+    assert [(m["arch"], m["log_linear"]) for m in res["models"]] == [(a, ll) for a in archs for ll in (False, True)]
+    for m in res["models"]:
+        assert set(m) >= {"name", "parameters", "final_loss", "test_loss", "accuracy", "losses", "timing"}
+        assert len(m["losses"]) == 4 and all(x == x and x > 0 for x in m["losses"])
+        assert 0.0 <= m["accuracy"] <= 1.0 and m["parameters"] > 0
+    # the log-linear twin is the stock model plus its lambda projection
+    for stock, loglin in zip(res["models"][0::2], res["models"][1::2]):
+        assert stock["parameters"] < loglin["parameters"]
+    g = res["generate"]
+    assert len(g["generated"]) == len(g["expected"]) >= 1 and "log-linear" in g["model"]
+
+
+def test_tiny_demo_end_to_end_is_deterministic(tmp_path):
+    """The real models through fla_loglinear.patch(), in fresh processes, twice with one seed."""
+    runs = []
+    for run in range(2):
+        proc = run_cli("demo", *TINY, "--seed", "5", "--output", str(tmp_path / str(run)))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "recall acc" in proc.stdout and "generate()" in proc.stdout
+        runs.append(json.loads((tmp_path / str(run) / "results.json").read_text()))
+    _check_results(runs[0], ["gdn", "mamba2"])
+    strip = lambda r: [{k: v for k, v in m.items() if k != "timing"} for m in r["models"]]  # noqa: E731
+    assert strip(runs[0]) == strip(runs[1])
+    assert runs[0]["generate"] == runs[1]["generate"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (tmp_path / "0" / "loss_curves.png").exists()
+    else:
+        assert (tmp_path / "0" / "loss_curves.png").stat().st_size > 1000
+
+
+TINY_MODELS = {
+    "gdn": dict(hidden_size=32, num_hidden_layers=1, num_heads=2, head_dim=16, vocab_size=64),
+    "mamba2": dict(hidden_size=32, num_hidden_layers=1, head_dim=16, state_size=16, chunk_size=16, vocab_size=64),
+}
+
+
+@pytest.mark.parametrize("arch", ["gdn", "mamba2"])
+def test_bench_measurements_on_tiny_models(arch):
+    """bench's own measuring code, on the CPU at toy size (the GPU run is the lead's)."""
+    from fla_loglinear import bench
+    from fla_loglinear.levels import num_levels
+
+    for log_linear in (False, True):
+        cfg = bench.model_config(arch, log_linear, **TINY_MODELS[arch])
+        r = bench.train_throughput(cfg, seq_len=32, batch_size=2, device="cpu", dtype=torch.float32, warmup=1, steps=1)
+        assert r["tokens_per_second"] > 0 and r["parameters"] > 0
+    sizes = {}
+    for p in (5, 1000):
+        L = num_levels(p + 1)
+        cfg = bench.model_config(arch, True, L, **TINY_MODELS[arch])
+        r = bench.decode_step(cfg, p, batch_size=2, device="cpu", dtype=torch.float32, warmup=1, steps=2)
+        assert r["ms_per_token"] > 0
+        sizes[p] = r["state_bytes_per_sequence"]
+    # the recurrent state grows with the number of levels, not with the position
+    H, K, V = (2, 16, 32) if arch == "gdn" else (4, 16, 16)  # GDN: expand_v 2; Mamba-2: heads = 2 * 32 / 16
+    per_level = H * K * V * 4
+    assert sizes[1000] - sizes[5] == (num_levels(1001) - num_levels(6)) * per_level
+    stock = bench.decode_step(bench.model_config(arch, False, **TINY_MODELS[arch]), 1000, batch_size=2, device="cpu",
+                              dtype=torch.float32, warmup=1, steps=1)
+    assert stock["state_bytes_per_sequence"] < sizes[5]
+    assert bench.kv_cache_bytes(1000, 768, 12) == 2 * 12 * 768 * 1000 * 2
