@@ -1,0 +1,13 @@
+"""Log-linear attention ops, in fla's layout: ``<op>/{chunk,fused_recurrent,naive}.py``."""
+from fla_loglinear.ops.log_linear_attn import chunk_log_linear_attn, fused_recurrent_log_linear_attn
+from fla_loglinear.ops.log_linear_gated_delta_rule import (
+    chunk_log_linear_gated_delta_rule,
+    fused_recurrent_log_linear_gated_delta_rule,
+)
+
+__all__ = [
+    "chunk_log_linear_attn",
+    "fused_recurrent_log_linear_attn",
+    "chunk_log_linear_gated_delta_rule",
+    "fused_recurrent_log_linear_gated_delta_rule",
+]
