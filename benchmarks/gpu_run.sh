@@ -22,12 +22,17 @@ pt gdn tests/ops/test_log_linear_gated_delta_rule_chunk.py tests/ops/test_log_li
 pt models tests/patches tests/layers -k "gpu or cuda" &
 wait
 tail -n 3 "$R"/tests-*.log | tee -a "$R/summary.txt"
-BT=${BENCH_TIMEOUT:-170}
-for b in log_linear_attn log_linear_gated_delta_rule; do
-  BENCH_JSONL="$R/bench-$b.jsonl" timeout "$BT" python3 -m pytest -q -p no:cacheprovider \
-    "benchmarks/test_bench_$b.py" --benchmark-only --benchmark-json "$R/bench-$b.json" > "$R/bench-$b.log" 2>&1
-  echo "bench-$b rc=$?" >> "$R/summary.txt"
-  python3 benchmarks/plot.py "$R/bench-$b.json" "$R/bench-$b.png" >> "$R/bench-$b.log" 2>&1
+# Benchmarks on a quiet GPU, one suite at a time; "file|-k expression|timeout" each (BENCHES overrides).
+BENCHES=${BENCHES:-"log_linear_attn||170;log_linear_gated_delta_rule||170;log_linear_gated_delta_rule_decode||60"}
+IFS=';' read -ra suites <<< "$BENCHES"
+for suite in "${suites[@]}"; do
+  IFS='|' read -r b sel bt <<< "$suite"
+  tag=$b${sel:+-sel}
+  BENCH_JSONL="$R/bench-$tag.jsonl" timeout "${bt:-170}" python3 -m pytest -q -p no:cacheprovider \
+    "benchmarks/test_bench_$b.py" ${sel:+-k "$sel"} --benchmark-only --benchmark-json "$R/bench-$tag.json" \
+    > "$R/bench-$tag.log" 2>&1
+  echo "bench-$tag rc=$?" >> "$R/summary.txt"
+  python3 benchmarks/plot.py "$R/bench-$tag.jsonl" "$R/bench-$tag.png" >> "$R/bench-$tag.md" 2>&1
 done
 cat "$R/summary.txt"
 tar -czf "$OUT/run.tar.gz" -C "$OUT" run

@@ -21,6 +21,12 @@ from fla_loglinear.levels import num_levels
 from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_log_linear_gated_delta_rule
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import chunk_inter_bwd, chunk_inter_fwd
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, from_chunks, make_layout
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import (
+    ChunkLocalFusedFunction,
+    chunk_local_fused_fwd,
+    pad_tokens,
+    wy_prep,
+)
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import _l2norm
 
 H, D, TOKENS = 16, 128, 32768
@@ -56,17 +62,18 @@ def profile(T: int) -> None:
     leaves = [x.clone().requires_grad_(True) for x in (q, k, v, g, beta, lam)]
     do = torch.randn_like(v)
 
-    def whole_fwd():
+    def whole_fwd(local):
         with torch.no_grad():
-            chunk_log_linear_gated_delta_rule(*leaves, use_qk_l2norm_in_kernel=True)
+            chunk_log_linear_gated_delta_rule(*leaves, use_qk_l2norm_in_kernel=True, _gdn_local=local)
 
-    def whole_fwdbwd():
-        o, _ = chunk_log_linear_gated_delta_rule(*leaves, use_qk_l2norm_in_kernel=True)
+    def whole_fwdbwd(local):
+        o, _ = chunk_log_linear_gated_delta_rule(*leaves, use_qk_l2norm_in_kernel=True, _gdn_local=local)
         o.backward(do)
 
     print(" whole op")
-    row("ours fwd", whole_fwd)
-    row("ours fwd+bwd", whole_fwdbwd)
+    for local in ("triton", "torch"):
+        row(f"ours fwd (local: {local})", lambda: whole_fwd(local))
+        row(f"ours fwd+bwd (local: {local})", lambda: whole_fwdbwd(local))
 
     print(" forward stages")
     qn, kn = _l2norm(q), _l2norm(k)
@@ -75,6 +82,10 @@ def profile(T: int) -> None:
     layout = make_layout(B, T, None, None, q.device)
     row("chunk_local_fwd (PyTorch, fp32)",
         lambda: chunk_local_fwd(qn, kn, v, g, beta, lam, scale, layout, torch.float32))
+    row("chunk_local_fused_fwd (fla WY + Triton)",
+        lambda: chunk_local_fused_fwd(qn, kn, v, g, beta, lam, scale, layout, torch.float32))
+    pk, pg, pb = pad_tokens(kn, layout), pad_tokens(g, layout), pad_tokens(beta, layout)
+    row("  of which wy_prep (fla cumsum, kkt, solve_tril)", lambda: wy_prep(pk[None], pg[None], pb[None]))
     o_intra, qe, w, kd, u, gamma, omega, end_keys = chunk_local_fwd(qn, kn, v, g, beta, lam, scale, layout,
                                                                     torch.float32)
     qe, w, kd, u = (x.to(dt) for x in (qe, w, kd, u))
@@ -96,6 +107,11 @@ def profile(T: int) -> None:
     gouts = [torch.randn_like(x) for x in diff]
     row("chunk_local autograd bwd (PyTorch)",
         lambda: torch.autograd.grad(diff, loc_in, gouts, retain_graph=True, allow_unused=True))
+    fin = [pad_tokens(x, layout).detach().requires_grad_(True) for x in (qn, kn, v, g, beta, lam)]
+    fouts = ChunkLocalFusedFunction.apply(*fin, scale, layout)
+    fgouts = [torch.randn_like(x) for x in fouts]
+    row("chunk_local_fused bwd (Triton)",
+        lambda: torch.autograd.grad(fouts, fin, fgouts, retain_graph=True))
 
     print(" fla for scale")
     try:

@@ -1,7 +1,10 @@
 """Time vs sequence length of the log-linear Gated DeltaNet kernels (CUDA only).
 
 bf16, H = 16, K = V = 128, 32K tokens per batch (B = 32768 / T), forward and forward+backward of
-ours, fla's chunk_gated_delta_rule (use_qk_l2norm_in_kernel=True) and causal flash SDPA.
+ours (the default chunk-local implementation, FLA_LOGLINEAR_GDN_LOCAL, i.e. the fused Triton
+kernels), "ours-torchlocal" (the batched PyTorch local part, at three lengths only), fla's
+chunk_gated_delta_rule (use_qk_l2norm_in_kernel=True) and causal flash SDPA.  At most 5 rounds
+each, so the file runs in well under 150 s on an H200 including compiles.
 
     pytest benchmarks/test_bench_log_linear_gated_delta_rule.py --benchmark-json=gdn.json
     python benchmarks/plot.py gdn.json   # time vs T per group
@@ -16,6 +19,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmark
 
 H, D, TOKENS = 16, 128, 32768
 LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+IMPLS = ["ours", "fla", "sdpa"]
+CASES = [(T, impl) for T in LENGTHS for impl in IMPLS] + [(T, "ours-torchlocal") for T in (4096, 16384, 65536)]
 
 
 def make_inputs(impl, T):
@@ -27,16 +32,18 @@ def make_inputs(impl, T):
     g = F.logsigmoid(torch.randn(B, T, H, device=dev, dtype=torch.float32)).requires_grad_(True)
     beta = torch.rand(B, T, H, device=dev, dtype=dt).requires_grad_(True)
     out = [q, k, v, g, beta]
-    if impl == "ours":
+    if impl.startswith("ours"):
         out.append(torch.rand(B, T, H, num_levels(T), device=dev, dtype=dt).requires_grad_(True))
     return out
 
 
 def make_fn(impl):
-    if impl == "ours":
+    if impl.startswith("ours"):
         from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_log_linear_gated_delta_rule
 
-        return lambda *x: chunk_log_linear_gated_delta_rule(*x, use_qk_l2norm_in_kernel=True)[0]
+        # "ours" leaves the chunk-local implementation to the module switch (env var)
+        opts = dict(_gdn_local="torch") if impl == "ours-torchlocal" else {}
+        return lambda *x: chunk_log_linear_gated_delta_rule(*x, use_qk_l2norm_in_kernel=True, **opts)[0]
     if impl == "fla":
         import fla.ops.common.chunk_o as chunk_o
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule
@@ -55,8 +62,7 @@ def make_fn(impl):
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
-@pytest.mark.parametrize("impl", ["ours", "fla", "sdpa"])
-@pytest.mark.parametrize("T", LENGTHS)
+@pytest.mark.parametrize("T,impl", CASES)
 def test_bench_log_linear_gated_delta_rule(benchmark, T, impl, mode):
     inputs = make_inputs(impl, T)
     fn = make_fn(impl)
@@ -72,8 +78,12 @@ def test_bench_log_linear_gated_delta_rule(benchmark, T, impl, mode):
 
     run()  # compile / autotune outside the timing
     benchmark.group = f"gated_delta_rule {mode}"
-    benchmark.extra_info.update(T=T, B=max(1, TOKENS // T), H=H, K=D, V=D, impl=impl, mode=mode,
+    benchmark.extra_info.update(T=T, B=max(1, TOKENS // T), H=H, K=D, V=D, impl=impl, op=impl, mode=mode,
                                 dtype="bfloat16")
+    if impl == "ours":
+        from fla_loglinear.ops.log_linear_gated_delta_rule import chunk as gdn_chunk
+
+        benchmark.extra_info["local"] = gdn_chunk.LOCAL_IMPL
     if impl == "fla":
         benchmark.extra_info["fla_hopper_bwd_guard_disabled"] = True
     benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)

@@ -1,0 +1,52 @@
+"""One decode step of log-linear Gated DeltaNet against fla's linear step (CUDA only).
+
+B = 64 sequences at position 100,000, H = 16, K = V = 128, bf16 inputs, fp32 states; ours holds
+L = num_levels(2 * 100,000) level states per head, fla's fused_recurrent_gated_delta_rule one.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fla_loglinear.levels import num_levels
+from fla_loglinear.state import FenwickState
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need CUDA")
+
+B, POS, H, K, V = 64, 100_000, 16, 128, 128
+
+
+@pytest.mark.parametrize("impl", ["ours", "fla"])
+def test_bench_gdn_decode(benchmark, impl):
+    dev, bf = "cuda", torch.bfloat16
+    q = torch.randn(B, 1, H, K, device=dev, dtype=bf)
+    k = F.normalize(torch.randn(B, 1, H, K, device=dev), dim=-1).to(bf)
+    v = torch.randn(B, 1, H, V, device=dev, dtype=bf)
+    g = F.logsigmoid(torch.randn(B, 1, H, device=dev) + 3.0)
+    beta = torch.rand(B, 1, H, device=dev).to(bf)
+    if impl == "ours":
+        from fla_loglinear.ops.log_linear_gated_delta_rule import fused_recurrent_log_linear_gated_delta_rule
+        L = num_levels(2 * POS)
+        lam = torch.rand(B, 1, H, L, device=dev) + 0.5
+        st = FenwickState(torch.randn(B, H, L, K, V, device=dev) * 0.1,
+                          torch.full((B,), POS, device=dev, dtype=torch.int64))
+
+        def run():
+            fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=st,
+                                                        output_final_state=True)
+    else:
+        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+        h0 = torch.randn(B, H, K, V, device=dev) * 0.1
+
+        def run():
+            fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=K ** -0.5, initial_state=h0,
+                                             output_final_state=True)
+
+    def target():
+        run()
+        torch.cuda.synchronize()
+
+    benchmark.group = "gated_delta_rule decode B=64 pos=100000"
+    benchmark.extra_info.update(dict(T=1, op=impl, impl=impl, mode="decode", group="gated_delta_rule decode",
+                                     B=B, position=POS))
+    with torch.no_grad():
+        benchmark.pedantic(target, rounds=20, warmup_rounds=1, iterations=1)
