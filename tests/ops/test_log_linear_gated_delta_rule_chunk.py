@@ -3,6 +3,8 @@
 On the CPU the Triton kernels run under the interpreter (tests/conftest.py) and are forced
 with the private ``_force_triton`` flag; with CUDA the same op runs them natively.
 """
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -218,18 +220,188 @@ def test_bad_state_shape_raises():
         chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=bad, _force_triton=True)
 
 
+# ------------------------------------------- fused chunk-local kernels (interpreter on CPU) -----
+# fla's autotuned kernels (cumsum, k k^T, solve_tril) need a GPU; on the CPU
+# chunk_local_fused.wy_prep_torch stands in for them, so these tests check our own kernels.
+
+
+@pytest.fixture
+def exact_bf16_dot(monkeypatch):
+    """triton 3.9's interpreter multiplies bf16 tl.dot operands as their raw uint16 bits; widen
+    them to fp32 first (exact), as the GPU's bf16 MMA does, so bf16 kernels can be checked here."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    real = interpreter.InterpreterBuilder.create_dot
+
+    def widen(x):
+        if x.dtype != tl.bfloat16:
+            return x
+        return interpreter.TensorHandle((x.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+    def create_dot(self, a, b, d, *args):
+        return real(self, widen(a), widen(b), d, *args)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
+
+FUSED_CASES = [
+    # B, T, HV, K, V, L, start positions, cu_seqlens
+    (1, 150, 1, 256, 16, 6, [45], None),  # K in several blocks; partial first and last chunk
+    (2, 128, 2, 64, 32, 1, None, None),  # a single level; aligned, no-copy layout
+    (1, 200, 2, 32, 64, 20, None, None),  # more levels than a chunk has
+    (1, 199, 1, 16, 16, 3, [3, 40, 1000], [0, 5, 75, 199]),  # varlen, non-aligned starts
+]
+
+
+def local_inputs(B, T, HV, K, V, L, dtype, seed):
+    q, k, v, g, beta, lam = make_inputs(B, T, HV, HV, K, V, L, seed=seed)
+    return [x.detach().to(dtype).requires_grad_(True) for x in (q, k, v, g, beta, lam)]
+
+
+def check_fused_local(B, T, HV, K, V, L, start, cu, dtype, tol, device="cpu", seed=20):
+    from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, make_layout
+    from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import chunk_local_fused_fwd
+
+    ins = [x.detach().to(device).requires_grad_(True) for x in local_inputs(B, T, HV, K, V, L, dtype, seed)]
+    ref_in = [x.detach().double().requires_grad_(True) for x in ins]
+    cu = None if cu is None else torch.tensor(cu, device=device)
+    layout = make_layout(B, T, cu, start, device)
+    got = chunk_local_fused_fwd(*ins, 0.3, layout, torch.float32)
+    want = chunk_local_fwd(*ref_in, 0.3, layout, torch.float64)
+    names = ["o_intra", "qe", "w", "kd", "u", "gamma", "omega", "end_keys"]
+    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+    weights = [torch.randn(x.shape, generator=gen, dtype=torch.float64).to(device) for x in want]
+    for name, a, b in zip(names, got, want):
+        if a is None:  # no sequence ends inside a chunk: the reference holds only zeros there
+            assert not b.any(), name
+        else:
+            assert a.shape == b.shape, name
+            assert_close(a, b, tol, name)
+
+    def loss(outs):
+        return sum((x.double() * w).sum() for x, w in zip(outs, weights) if x is not None)
+
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "lam"], torch.autograd.grad(loss(got), ins),
+                          torch.autograd.grad(loss(want), ref_in)):
+        assert_close(a, b, tol, f"d{name}")
+
+
+# with CUDA present (no interpreter) the same checks run natively, with fla's WY kernels
+LOCAL_DEVICE = "cuda" if CUDA else "cpu"
+
+
+@pytest.mark.parametrize("B,T,HV,K,V,L,start,cu", FUSED_CASES)
+def test_fused_local_matches_torch_local(B, T, HV, K, V, L, start, cu):
+    check_fused_local(B, T, HV, K, V, L, start, cu, torch.float32, 2e-3 if CUDA else 2e-5, device=LOCAL_DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_local_half_precision(dtype, exact_bf16_dot):
+    check_fused_local(2, 100, 2, 64, 64, 9, [64, 7], None, dtype, 3e-2 if dtype == torch.bfloat16 else 2e-2,
+                      device=LOCAL_DEVICE)
+
+
+@pytest.mark.parametrize("B,T,H,HV,K,V,L,start,cu", [
+    (1, 1, 1, 1, 32, 16, 1, None, None),
+    (1, 199, 1, 2, 32, 16, 6, [0, 63, 129], [0, 5, 75, 199]),
+    (2, 130, 1, 2, 64, 32, 5, [37, 300], None),
+])
+def test_chunk_with_fused_local_matches_recurrent(B, T, H, HV, K, V, L, start, cu):
+    q, k, v, g, beta, lam = (x.detach().float().requires_grad_(True)
+                             for x in make_inputs(B, T, H, HV, K, V, L, seed=21))
+    N = B if cu is None else len(cu) - 1
+    h0 = None if start is None else random_state(N, HV, L, K, V, start)
+    cu = None if cu is None else torch.tensor(cu)
+    inputs = [q, k, v, g, beta, lam] + ([] if h0 is None else [h0.states])
+    out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
+                                            cu_seqlens=cu, _force_triton=True, _gdn_local="triton")
+    h0_ref = None if h0 is None else FenwickState(h0.states.double(), h0.positions)
+    ref = naive_recurrent_log_linear_gated_delta_rule(*(x.double() for x in (q, k, v, g, beta, lam)),
+                                                      initial_state=h0_ref, output_final_state=True,
+                                                      cu_seqlens=cu)
+    assert_close(out[0], ref[0], 1e-4, "o")
+    assert_close(out[1].states, ref[1].states, 1e-4, "final states")
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "lam", "h0"], grads(out, inputs), grads(ref, inputs)):
+        assert_close(a, b, 1e-4, f"d{name}")
+
+
+@pytest.mark.parametrize("local", ["triton", "torch"])
+def test_chunk_bf16_matches_recurrent(local, exact_bf16_dot):
+    """bf16 end to end (fused or PyTorch local part, bf16 slot scan) against the float64 recurrence."""
+    B, T, H, HV, K, V, L, start, cu = 1, 199, 1, 2, 32, 16, 6, [0, 63, 129], [0, 5, 75, 199]
+    q, k, v, g, beta, lam = (x.detach().bfloat16().requires_grad_(True)
+                             for x in make_inputs(B, T, H, HV, K, V, L, seed=23))
+    h0 = random_state(3, HV, L, K, V, start)
+    cu = torch.tensor(cu)
+    inputs = [q, k, v, g, beta, lam, h0.states]
+    out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
+                                            cu_seqlens=cu, _force_triton=True, _gdn_local=local)
+    ref = naive_recurrent_log_linear_gated_delta_rule(*(x.double() for x in (q, k, v, g, beta, lam)),
+                                                      initial_state=FenwickState(h0.states.double(), h0.positions),
+                                                      output_final_state=True, cu_seqlens=cu)
+    assert_close(out[0], ref[0], 3e-2, "o")
+    assert_close(out[1].states, ref[1].states, 3e-2, "final states")
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "lam", "h0"], grads(out, inputs), grads(ref, inputs)):
+        assert_close(a, b, 3e-2, f"d{name}")
+
+
+@pytest.mark.skipif(CUDA, reason="checks the dispatch of CPU inputs under the interpreter")
+def test_local_switch_selects_the_implementation(monkeypatch):
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk as chunk_mod
+
+    calls = []
+    real = chunk_mod.chunk_local_fused_fwd
+
+    def spy(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(chunk_mod, "chunk_local_fused_fwd", spy)
+    q, k, v, g, beta, lam = (x.detach().float() for x in make_inputs(1, 70, 1, 1, 16, 16, 3, seed=22))
+    o_torch, _ = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, _force_triton=True, _gdn_local="torch")
+    # the CPU never takes the fused kernels unless a call asks for them
+    monkeypatch.setattr(chunk_mod, "LOCAL_IMPL", "triton")
+    o_default, _ = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, _force_triton=True)
+    assert not calls
+    o_fused, _ = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, _force_triton=True, _gdn_local="triton")
+    assert calls == [1]
+    assert torch.equal(o_torch, o_default)
+    assert_close(o_fused, o_torch, 1e-5, "o")
+    with pytest.raises(ValueError, match="_gdn_local"):
+        chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, _force_triton=True, _gdn_local="cuda")
+
+
+def test_local_switch_env_var():
+    import subprocess
+    import sys
+
+    code = ("from fla_loglinear.ops.log_linear_gated_delta_rule import chunk as c; "
+            "assert c.LOCAL_IMPL == 'torch', c.LOCAL_IMPL")
+    env = dict(os.environ, FLA_LOGLINEAR_GDN_LOCAL="torch")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    env["FLA_LOGLINEAR_GDN_LOCAL"] = "fast"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "FLA_LOGLINEAR_GDN_LOCAL" in bad.stderr
+
+
 # ---------------------------------------------------------------- GPU (native Triton) -----
 
 
+# "local": which chunk-local implementation (the fused Triton kernels, or the batched PyTorch fallback)
 @needs_cuda
-@pytest.mark.parametrize("dtype,T,tol", [(torch.float32, 8192, 2e-3), (torch.bfloat16, 4096, 3e-2),
-                                         (torch.float16, 1000, 2e-2)])
-def test_gpu_forward_backward_vs_reference(dtype, T, tol):
+@pytest.mark.parametrize("dtype,T,tol,local", [
+    (torch.float32, 8192, 2e-3, "triton"), (torch.bfloat16, 8192, 3e-2, "triton"),
+    (torch.float16, 1000, 2e-2, "triton"),
+    (torch.float32, 2048, 2e-3, "torch"), (torch.bfloat16, 4096, 3e-2, "torch"),
+])
+def test_gpu_forward_backward_vs_reference(dtype, T, tol, local):
     B, H, HV, K, V, L = 1, 2, 4, 128, 128, 14
     q, k, v, g, beta, lam = make_inputs(B, T, H, HV, K, V, L, dtype=dtype, device="cuda", seed=10)
     h0 = random_state(B, HV, L, K, V, [1234567], device="cuda")
     inputs = [q, k, v, g, beta, lam, h0.states]
-    out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True)
+    out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
+                                            _gdn_local=local)
     ref_in = [x.detach().float().requires_grad_(True) for x in (q, k, v, g, beta, lam)]
     ref = naive_chunk_log_linear_gated_delta_rule(*ref_in, initial_state=h0, output_final_state=True)
     assert_close(out[0], ref[0], tol, "o")
@@ -241,21 +413,39 @@ def test_gpu_forward_backward_vs_reference(dtype, T, tol):
 
 
 @needs_cuda
-@pytest.mark.parametrize("K", [32, 64, 256])
-def test_gpu_head_dims_and_varlen(K):
+# few (K, dtype) pairs: each new one compiles both fused kernels (tens of seconds for fp32)
+@pytest.mark.parametrize("K,dtype,local", [
+    (64, torch.float32, "triton"), (128, torch.float32, "triton"), (128, torch.bfloat16, "triton"),
+    (256, torch.bfloat16, "triton"), (32, torch.float32, "torch"), (256, torch.float32, "torch"),
+])
+def test_gpu_head_dims_and_varlen(K, dtype, local):
     lens = [1, 700, 64, 1500]
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), device="cuda")
-    q, k, v, g, beta, lam = make_inputs(1, sum(lens), 1, 2, K, K, 9, dtype=torch.float32, device="cuda", seed=11)
+    q, k, v, g, beta, lam = make_inputs(1, sum(lens), 1, 2, K, K, 9, dtype=dtype, device="cuda", seed=11)
     h0 = random_state(4, 2, 9, K, K, [0, 5, 64, 100001], device="cuda")
     inputs = [q, k, v, g, beta, lam, h0.states]
     out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
-                                            cu_seqlens=cu)
-    ref = naive_chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
+                                            cu_seqlens=cu, _gdn_local=local)
+    ref_in = [x.detach().float().requires_grad_(True) for x in (q, k, v, g, beta, lam)]
+    ref = naive_chunk_log_linear_gated_delta_rule(*ref_in, initial_state=h0, output_final_state=True,
                                                   cu_seqlens=cu)
-    assert_close(out[0], ref[0], 2e-3, "o")
-    assert_close(out[1].states, ref[1].states, 2e-3, "final states")
-    for name, a, b in zip(["q", "k", "v", "g", "beta", "lam", "h0"], grads(out, inputs), grads(ref, inputs)):
-        assert_close(a, b, 1e-2, f"d{name}")
+    tol = 2e-3 if dtype == torch.float32 else 3e-2
+    assert_close(out[0], ref[0], tol, "o")
+    assert_close(out[1].states, ref[1].states, tol, "final states")
+    got = grads(out, inputs)
+    want = grads(ref, ref_in + [h0.states])
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "lam", "h0"], got, want):
+        assert_close(a, b, tol * 5, f"d{name}")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype,case,tol", [
+    (torch.bfloat16, (1, 4096, 2, 128, 128, 13, [777], None), 5e-2),
+    (torch.float32, (1, 1000, 2, 64, 64, 9, [0, 5, 64, 100001], [0, 1, 300, 364, 1000]), 2e-3),
+])
+def test_gpu_fused_local_matches_torch_local(dtype, case, tol):
+    """The fused local kernels with fla's WY pieces against the PyTorch local part (float64)."""
+    check_fused_local(*case, dtype, tol, device="cuda")
 
 
 @needs_cuda

@@ -8,6 +8,7 @@ import torch
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import chunk_inter
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, from_chunks, make_layout
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import chunk_local_fused_fwd
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
 from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_chunk_log_linear_gated_delta_rule
 from fla_loglinear.state import FenwickState
@@ -18,6 +19,14 @@ __all__ = ["chunk_log_linear_gated_delta_rule"]
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # the state slots are tracked as bits of one int64
 MAX_LEVELS = 62
+# Which implementation does the chunk-local (WY) work on CUDA: "triton" (fused kernels of
+# chunk_local_fused.py) or "torch" (batched PyTorch of chunk_local.py, autograd backward).
+# Read once from FLA_LOGLINEAR_GDN_LOCAL; tests and benchmarks may assign this attribute or
+# pass the private option ``_gdn_local``.  CPU inputs always take the PyTorch path.
+LOCAL_IMPLS = ("triton", "torch")
+LOCAL_IMPL = os.environ.get("FLA_LOGLINEAR_GDN_LOCAL", "triton")
+if LOCAL_IMPL not in LOCAL_IMPLS:
+    raise ValueError(f"FLA_LOGLINEAR_GDN_LOCAL must be one of {LOCAL_IMPLS}, got {LOCAL_IMPL!r}")
 
 
 def use_triton(x: torch.Tensor, force: bool) -> bool:
@@ -37,9 +46,20 @@ def state_out(state: FenwickState | None, state_v_first: bool) -> FenwickState |
     return FenwickState(state.states.transpose(-1, -2).contiguous(), state.positions)
 
 
+def use_fused_local(x: torch.Tensor, impl: str | None) -> bool:
+    """The fused local kernels run on CUDA by default, and under the interpreter only when asked."""
+    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return False
+    if impl is None:
+        return x.is_cuda and LOCAL_IMPL == "triton"
+    if impl not in LOCAL_IMPLS:
+        raise ValueError(f"_gdn_local must be one of {LOCAL_IMPLS}, got {impl!r}")
+    return impl == "triton" and (x.is_cuda or _INTERPRET)
+
+
 def chunk_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale, initial_state, output_final_state,
-                                          cu_seqlens, N):
-    """Triton path on already-preprocessed inputs; differentiable (local part by autograd)."""
+                                          cu_seqlens, N, local_impl=None):
+    """Triton path on already-preprocessed inputs; differentiable."""
     B, T, H, K = q.shape
     HV = v.shape[2]
     L = level_scales.shape[-1]
@@ -51,7 +71,8 @@ def chunk_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale,
     positions = None if initial_state is None else initial_state.positions.tolist()
     layout = make_layout(B, T, cu_seqlens, positions, q.device)
     acc = torch.float64 if v.dtype == torch.float64 else torch.float32
-    o_intra, qe, w, kd, u, gamma, omega, end_keys = chunk_local_fwd(q, k, v, g, beta, level_scales, scale, layout, acc)
+    local = chunk_local_fused_fwd if use_fused_local(v, local_impl) else chunk_local_fwd
+    o_intra, qe, w, kd, u, gamma, omega, end_keys = local(q, k, v, g, beta, level_scales, scale, layout, acc)
     # the sweep's matmuls run in the input precision, as fla's chunk kernels do
     mm_dtype = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32
     qe, w, kd, u = (x.to(mm_dtype) for x in (qe, w, kd, u))
@@ -59,7 +80,9 @@ def chunk_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale,
     meta = (layout.chunk_offsets, layout.pos_start, layout.pos_end, N, L)
     o_inter, ht = chunk_inter(qe, w, kd, u, gamma.float(), omega.float(), h0, meta)
     o = from_chunks(o_intra + o_inter.to(acc), layout, B, T).to(v.dtype)
-    final = FenwickState(ht + end_keys.float(), layout.pos_end.clone()) if output_final_state else None
+    if end_keys is not None:
+        ht = ht + end_keys.float()
+    final = FenwickState(ht, layout.pos_end.clone()) if output_final_state else None
     return o, final
 
 
@@ -104,9 +127,11 @@ def chunk_log_linear_gated_delta_rule(
 
     CUDA inputs run the Triton kernels; CPU inputs run the PyTorch reference
     ``naive_chunk_log_linear_gated_delta_rule``.  The sequence start positions are read on the
-    host once (like fla's varlen chunk indices).  Interim: the chunk-local WY part (and the option
-    preprocessing) is batched PyTorch differentiated by autograd; only the sequential sweep over
-    the Fenwick slots is a Triton kernel with a hand-written backward.
+    host once (like fla's varlen chunk indices).  The chunk-local WY part runs fused Triton
+    kernels with a hand-written backward (:mod:`.chunk_local_fused`; ``FLA_LOGLINEAR_GDN_LOCAL=torch``
+    selects the batched PyTorch version of :mod:`.chunk_local` differentiated by autograd); the
+    sequential sweep over the Fenwick slots is a Triton kernel (:mod:`.chunk_inter`).  The option
+    preprocessing is PyTorch.
     """
     op = "chunk_log_linear_gated_delta_rule"
     opts = parse_options(op, use_qk_l2norm_in_kernel, kwargs)
@@ -119,7 +144,7 @@ def chunk_log_linear_gated_delta_rule(
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
     if use_triton(q, opts.force_triton):
         o, final = chunk_log_linear_gated_delta_rule_fwd(
-            q, k, v, g, beta, level_scales, scale, state, output_final_state, cu_seqlens, N
+            q, k, v, g, beta, level_scales, scale, state, output_final_state, cu_seqlens, N, opts.local_impl
         )
     else:
         o, final = naive_chunk_log_linear_gated_delta_rule(

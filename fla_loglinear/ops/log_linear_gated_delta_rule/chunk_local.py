@@ -16,7 +16,9 @@ Per chunk (local cumulative log gate ``G``, ``gamma = G[-1]``) the WY form gives
 * ``Aeff = scale M T diag(beta)``: key ``s``'s contribution to query ``t`` inside the chunk,
   so the intra-chunk output is ``(Lambda * Aeff) V`` with the level mask ``Lambda``.
 
-The sequential pass over chunks (all Fenwick slots) lives in :mod:`.chunk_inter`.
+The sequential pass over chunks (all Fenwick slots) lives in :mod:`.chunk_inter`.  On CUDA the
+same quantities come by default from the fused kernels of :mod:`.chunk_local_fused`; this module
+stays the CPU path, the ``FLA_LOGLINEAR_GDN_LOCAL=torch`` fallback and the tests' reference.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch
 
 from fla_loglinear.levels import bit_length, level_matrix, state_slot_weights
 
-__all__ = ["ChunkLayout", "make_layout", "to_chunks", "from_chunks", "chunk_local_fwd"]
+__all__ = ["ChunkLayout", "make_layout", "to_chunks", "from_chunks", "chunk_local_fwd", "end_chunk_keys"]
 
 
 @dataclass
@@ -41,6 +43,8 @@ class ChunkLayout:
     chunk_start: torch.Tensor  # [NC] int64, position of the state each chunk starts from
     # every start and length a multiple of C: padded rows are the tokens themselves (no copies)
     identity: bool = False
+    # some sequence ends inside a chunk (its last chunk's keys spread over several slots)
+    partial_end: bool = True
 
 
 def make_layout(B: int, T: int, cu_seqlens, positions, device, C: int = 64) -> ChunkLayout:
@@ -79,6 +83,7 @@ def make_layout(B: int, T: int, cu_seqlens, positions, device, C: int = 64) -> C
         row_pos=chunk_base[:, None] + torch.arange(C, device=device),
         chunk_start=torch.maximum(chunk_base, start[seq_of_chunk]),
         identity=all(p % C == 0 and n % C == 0 for p, n in zip(p0, lens)),
+        partial_end=any((p + n) % C != 0 for p, n in zip(p0, lens)),
     )
 
 
@@ -147,10 +152,45 @@ def _split_end_chunks(u, kd, tinv, bv, L: int, layout: ChunkLayout):
     inside = (layout.pos_end % C != 0).to(u.dtype)  # [N]
     keep = torch.ones(layout.NC, dtype=u.dtype, device=u.device).index_put((last,), 1 - inside)
     u = u * keep[:, None, None, None]
+    carry = kd[last].transpose(-1, -2) @ tinv[last]  # [N, HV, K, C]: write of row s carried to the end
+    return u, _end_keys(carry, bv[last], inside, L, layout)
+
+
+def _end_keys(carry, bv, inside, L: int, layout: ChunkLayout):
     # key s goes to slot min(level(end, s), L - 1); padded rows carry no key
+    last = (layout.chunk_offsets[1:] - 1).long()
     rows = layout.row_pos[last]  # [N, C]
     slot = bit_length(rows ^ layout.pos_end[:, None]).clamp(max=L - 1)
-    onehot = torch.nn.functional.one_hot(slot, L).to(u.dtype) * inside[:, None, None]  # [N, C, L]
-    carry = kd[last].transpose(-1, -2) @ tinv[last]  # [N, HV, K, C]: write of row s carried to the end
-    end_keys = torch.einsum("nhkc,nhcv,ncl->nhlkv", carry, bv[last], onehot)
-    return u, end_keys
+    onehot = torch.nn.functional.one_hot(slot, L).to(bv.dtype) * inside[:, None, None]  # [N, C, L]
+    return torch.einsum("nhkc,nhcv,ncl->nhlkv", carry, bv, onehot)
+
+
+def end_chunk_keys(k, v, g, beta, L: int, layout: ChunkLayout, dtype: torch.dtype):
+    """``(end_keys, keep)`` of the last chunks from padded token rows ``[NC * C, HV, ...]``.
+
+    For the fused path, whose WY inverse is not differentiable by autograd: the (at most N)
+    last chunks are redone here in PyTorch.  ``keep [NC]`` zeroes ``u`` of the chunks whose
+    sequence ends inside them; both are ``None`` when no sequence does.
+    """
+    if not layout.partial_end:
+        return None, None
+    C, NC = layout.C, layout.NC
+    last = (layout.chunk_offsets[1:] - 1).long()
+
+    def chunk_rows(x):
+        x = x.reshape(NC, C, *x.shape[1:])[last].to(dtype)
+        return x.transpose(1, 2)  # [N, HV, C, ...]
+
+    kl, vl, gl, bl = (chunk_rows(x) for x in (k, v, g, beta))
+    G = gl.cumsum(-1)
+    idx = torch.arange(C, device=k.device)
+    strict = idx[:, None] > idx[None, :]
+    decay = torch.where(strict, G[..., :, None] - G[..., None, :], float("-inf")).exp()
+    eye = torch.eye(C, dtype=dtype, device=k.device)
+    a = eye + bl[..., :, None] * (kl @ kl.transpose(-1, -2)) * decay
+    tinv = torch.linalg.solve_triangular(a, eye.expand_as(a), upper=False, unitriangular=True)
+    kd = (G[..., -1:] - G).exp()[..., None] * kl
+    inside = (layout.pos_end % C != 0).to(dtype)
+    keep = torch.ones(NC, dtype=dtype, device=k.device).index_put((last,), 1 - inside)
+    carry = kd.transpose(-1, -2) @ tinv
+    return _end_keys(carry, bl[..., None] * vl, inside, L, layout), keep

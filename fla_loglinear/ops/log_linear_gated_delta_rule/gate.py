@@ -27,6 +27,7 @@ _KNOWN = {
     "chunk_size",
     "cu_seqlens_cpu",
     "_force_triton",
+    "_gdn_local",
 }
 
 
@@ -40,13 +41,15 @@ class GatedDeltaRuleOptions:
     dt_bias: torch.Tensor | None = None
     state_v_first: bool = False
     force_triton: bool = False
+    local_impl: str | None = None  # per-call override of chunk.LOCAL_IMPL ("triton" / "torch")
 
 
 def parse_options(op: str, use_qk_l2norm_in_kernel: bool, kwargs: dict) -> GatedDeltaRuleOptions:
     """Validates the fla-style keyword options; unknown names or inconsistent combinations raise."""
     unknown = sorted(set(kwargs) - _KNOWN)
     if unknown:
-        raise TypeError(f"{op} got unsupported option(s) {unknown}; supported: {sorted(_KNOWN - {'_force_triton'})}")
+        public = sorted(_KNOWN - {"_force_triton", "_gdn_local"})
+        raise TypeError(f"{op} got unsupported option(s) {unknown}; supported: {public}")
     chunk_size = kwargs.get("chunk_size", 64)
     if chunk_size != 64:
         raise ValueError(f"{op}: chunk_size must be 64 (chunks are aligned to absolute positions), got {chunk_size}")
@@ -59,6 +62,7 @@ def parse_options(op: str, use_qk_l2norm_in_kernel: bool, kwargs: dict) -> Gated
         dt_bias=kwargs.get("dt_bias"),
         state_v_first=bool(kwargs.get("state_v_first", False)),
         force_triton=bool(kwargs.get("_force_triton", False)),
+        local_impl=kwargs.get("_gdn_local"),
     )
     if opts.allow_neg_eigval and not opts.use_beta_sigmoid_in_kernel:
         raise ValueError(f"{op}: allow_neg_eigval=True requires use_beta_sigmoid_in_kernel=True (as in fla)")
