@@ -358,7 +358,7 @@ def test_local_switch_selects_the_implementation(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(chunk_mod, "chunk_local_fused_fwd", spy)
-    q, k, v, g, beta, lam = (x.detach().float() for x in make_inputs(1, 70, 1, 1, 16, 16, 3, seed=22))
+    q, k, v, g, beta, lam = (x.detach().float() for x in make_inputs(1, 70, 1, 1, 32, 32, 3, seed=22))
     o_torch, _ = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, _force_triton=True, _gdn_local="torch")
     # the CPU never takes the fused kernels unless a call asks for them
     monkeypatch.setattr(chunk_mod, "LOCAL_IMPL", "triton")

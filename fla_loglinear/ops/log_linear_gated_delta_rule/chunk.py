@@ -19,12 +19,15 @@ __all__ = ["chunk_log_linear_gated_delta_rule"]
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # the state slots are tracked as bits of one int64
 MAX_LEVELS = 62
-# Which implementation does the chunk-local (WY) work on CUDA: "triton" (fused kernels of
-# chunk_local_fused.py) or "torch" (batched PyTorch of chunk_local.py, autograd backward).
-# Read once from FLA_LOGLINEAR_GDN_LOCAL; tests and benchmarks may assign this attribute or
-# pass the private option ``_gdn_local``.  CPU inputs always take the PyTorch path.
+# Which implementation does the chunk-local (WY) work on CUDA: "torch" (batched PyTorch of
+# chunk_local.py, autograd backward; proven on the H200) or "triton" (fused kernels of
+# chunk_local_fused.py: EXPERIMENTAL, about 2x faster in the one H200 run that timed it, but that
+# run's GPU tests hit an illegal memory access with it (benchmarks/results/2026-11-30-run4), so it
+# is opt-in until a GPU run proves it).  Read once from FLA_LOGLINEAR_GDN_LOCAL; tests and
+# benchmarks may assign this attribute or pass the private option ``_gdn_local``.  CPU inputs
+# always take the PyTorch path.
 LOCAL_IMPLS = ("triton", "torch")
-LOCAL_IMPL = os.environ.get("FLA_LOGLINEAR_GDN_LOCAL", "triton")
+LOCAL_IMPL = os.environ.get("FLA_LOGLINEAR_GDN_LOCAL", "torch")
 if LOCAL_IMPL not in LOCAL_IMPLS:
     raise ValueError(f"FLA_LOGLINEAR_GDN_LOCAL must be one of {LOCAL_IMPLS}, got {LOCAL_IMPL!r}")
 
@@ -47,8 +50,9 @@ def state_out(state: FenwickState | None, state_v_first: bool) -> FenwickState |
 
 
 def use_fused_local(x: torch.Tensor, impl: str | None) -> bool:
-    """The fused local kernels run on CUDA by default, and under the interpreter only when asked."""
-    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+    """The fused local kernels run only when asked (env or ``_gdn_local``), on CUDA or the interpreter."""
+    # compiled and checked for head dims 32..256 only
+    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32) or x.shape[-1] < 32:
         return False
     if impl is None:
         return x.is_cuda and LOCAL_IMPL == "triton"
@@ -71,7 +75,7 @@ def chunk_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale,
     positions = None if initial_state is None else initial_state.positions.tolist()
     layout = make_layout(B, T, cu_seqlens, positions, q.device)
     acc = torch.float64 if v.dtype == torch.float64 else torch.float32
-    local = chunk_local_fused_fwd if use_fused_local(v, local_impl) else chunk_local_fwd
+    local = chunk_local_fused_fwd if use_fused_local(v, local_impl) and q.shape[-1] >= 32 else chunk_local_fwd
     o_intra, qe, w, kd, u, gamma, omega, end_keys = local(q, k, v, g, beta, level_scales, scale, layout, acc)
     # the sweep's matmuls run in the input precision, as fla's chunk kernels do
     mm_dtype = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32

@@ -11,9 +11,6 @@ slots can be non-zero, so the work per chunk is the number of live slots (about
 
 The backward pass replays the forward once to store the pre-chunk slot states, then walks the
 chunks in reverse with the slot gradients in a second fp32 buffer.
-
-``L`` is a runtime argument (one compile for every sequence length), and the V block shrinks to
-16 columns when there are too few ``(sequence, head)`` scans to fill the GPU (B = 1 at 64K tokens).
 """
 from __future__ import annotations
 
@@ -29,7 +26,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
-def _merge_slot(a, b, L):
+def _merge_slot(a, b, L: tl.constexpr):
     # levels.py's advance_level(a, b) = (a ^ b).bit_length(), clamped to the last slot.
     x = a ^ b
     m = 0
@@ -39,12 +36,11 @@ def _merge_slot(a, b, L):
     return tl.minimum(m, L - 1)
 
 
-# L is a runtime value: one compile serves every sequence length (num_levels(T) changes with T)
-@triton.jit(do_not_specialize=["NC", "L"])
+@triton.jit(do_not_specialize=["NC"])
 def chunk_inter_fwd_kernel(
     qe, w, kd, u, gam, om, o, ht, hs, live_out,
     chunk_offsets, pos_start, pos_end, NC,
-    L, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+    HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE: tl.constexpr, PREC: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -65,7 +61,7 @@ def chunk_inter_fwd_kernel(
     p_h = ht + i_nh.to(tl.int64) * L * K * V + o_k[:, None] * V + o_v[None, :]
 
     if HAS_H0:
-        live = (tl.full([], 1, tl.int64) << L) - 1
+        live = tl.full([], (1 << L) - 1, tl.int64)
     else:
         live = tl.full([], 0, tl.int64)
     for j in range(0, c_hi - c_lo):
@@ -115,13 +111,12 @@ def chunk_inter_fwd_kernel(
             tl.store(p_h + l * K * V, tl.zeros([BK, BV], dtype=tl.float32), mask=m_kv)
 
 
-# L is a runtime value: one compile serves every sequence length (num_levels(T) changes with T)
-@triton.jit(do_not_specialize=["NC", "L"])
+@triton.jit(do_not_specialize=["NC"])
 def chunk_inter_bwd_kernel(
     qe, w, kd, u, gam, om, do, hs, live_in, dh,
     dqe, dw, dkd, du, dgam, dom,
     chunk_offsets, pos_start, pos_end, NC,
-    L, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+    HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, RELOAD: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -220,18 +215,12 @@ def _precision(x: torch.Tensor) -> str:
     return "tf32x3" if x.dtype == torch.float32 else "tf32"
 
 
-def _blocks(K: int, V: int, rows: int, device: torch.device):
-    """``rows = N * HV`` sequential scans; each is split over V blocks of ``BV`` columns."""
+def _blocks(K: int, V: int):
     BK = max(16, triton.next_power_of_2(K))
     if _INTERPRET:
         BV = max(16, triton.next_power_of_2(V))
     else:
         BV = max(16, min(triton.next_power_of_2(V), 32 if K >= 128 else 64))
-        # few long sequences (B = 1 at 64K tokens): narrower V blocks give more programs to an
-        # otherwise half-idle GPU; each one is a latency-bound walk over every chunk
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        while BV > 16 and rows * triton.cdiv(V, BV) < 2 * sms:
-            BV //= 2
     num_warps = 8 if BK >= 128 else 4
     return BK, BV, num_warps
 
@@ -241,7 +230,7 @@ def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, store: bool = False):
     chunk_offsets, pos_start, pos_end, N, L = meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
-    BK, BV, num_warps = _blocks(K, V, N * HV, qe.device)
+    BK, BV, num_warps = _blocks(K, V)
     o = torch.empty(NC, HV, C, V, dtype=torch.float32, device=qe.device)
     if h0 is None:
         ht = torch.zeros(N, HV, L, K, V, dtype=torch.float32, device=qe.device)
@@ -253,7 +242,7 @@ def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, store: bool = False):
     chunk_inter_fwd_kernel[grid](
         qe, w, kd, u, gam, om, o, ht, hs, live,
         chunk_offsets, pos_start, pos_end, NC,
-        L, HV=HV, K=K, V=V, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE=store, PREC=_precision(qe),
+        HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE=store, PREC=_precision(qe),
         num_warps=num_warps,
     )
     return o, ht, hs, live
@@ -263,7 +252,7 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
     chunk_offsets, pos_start, pos_end, N, L = meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
-    BK, BV, num_warps = _blocks(K, V, N * HV, qe.device)
+    BK, BV, num_warps = _blocks(K, V)
     NV = triton.cdiv(V, BV)
     _, _, hs, live = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, store=True)
     dev = qe.device
@@ -281,7 +270,7 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
         qe, w, kd, u, gam, om, do.contiguous(), hs, live, dh,
         dqe, dw, dkd, du, dgam, dom,
         chunk_offsets, pos_start, pos_end, NC,
-        L, HV=HV, K=K, V=V, C=C, BK=BK, BV=BV, PREC=_precision(qe), num_warps=num_warps,
+        HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, PREC=_precision(qe), num_warps=num_warps,
         # K <= 128 fit on the H200 (fp32 included); K = 256 needed 296 KB of shared memory
         RELOAD=BK > 128,
     )
