@@ -217,11 +217,16 @@ def _precision(x: torch.Tensor) -> str:
 
 def _blocks(K: int, V: int):
     BK = max(16, triton.next_power_of_2(K))
-    if _INTERPRET:
-        BV = max(16, triton.next_power_of_2(V))
-    else:
-        BV = max(16, min(triton.next_power_of_2(V), 32 if K >= 128 else 64))
     num_warps = 8 if BK >= 128 else 4
+    # With 8 warps Triton splits the columns of a [64, BV] product over two warpgroups; BV = 16
+    # becomes 8-column TF32 wgmma (fp32 inputs), which can read shared memory past its operand
+    # (triton-lang/triton#10629): the likely illegal memory access of run 4 (ac67723's BV = 16).
+    # Columns past V are masked, so V = 16 just takes a 32-wide block.
+    min_bv = 32 if num_warps == 8 else 16
+    if _INTERPRET:
+        BV = max(min_bv, triton.next_power_of_2(V))
+    else:
+        BV = max(min_bv, min(triton.next_power_of_2(V), 32 if K >= 128 else 64))
     return BK, BV, num_warps
 
 

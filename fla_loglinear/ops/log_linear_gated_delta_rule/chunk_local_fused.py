@@ -27,7 +27,12 @@ Status (issue 4, third pass): checked under the Triton interpreter against the P
 in fp32, fp16 and bf16 (bf16 with the tests' exact-dot patch of the interpreter), alone and inside
 the whole op; compiled ahead of time for sm_90 (triton 3.9 here) at K = V in {32, 64, 128, 256}
 in bf16 / fp16 / fp32: shared memory <= 160 KB; at bf16 K = 128 the forward uses 206 registers
-(no spills), the backward 255 registers and 144 bytes of spills.  Not yet run on a GPU.
+(no spills), the backward 255 registers and 144 bytes of spills.
+
+Run 4 (H200, triton 3.6) hit an illegal memory access at K = 16 (fp32), where 16-wide blocks under
+8 warps lower to 8-column TF32 wgmma (the shape of triton-lang/triton#10629); blocks are now at
+least 32 wide (:func:`_config`), and the tests lower both kernels for sm_90 and check the MMA
+shapes.  Not yet re-run on a GPU.
 """
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ RCP_LN2 = 1.0 / math.log(2.0)
 # log2 of the chunk size: in-chunk levels are 0 .. LOG_C
 LOG_C = 6
 _LOG_C = tl.constexpr(LOG_C)
+# both kernels; _config's minimum block width depends on it
+NUM_WARPS = 8
 
 
 @triton.jit
@@ -302,8 +309,12 @@ def chunk_local_fused_bwd_kernel(
 def _config(K: int, V: int, dtype: torch.dtype, bwd: bool = False):
     # the backward holds five [C, BK] tiles per K step next to its [C, C] matrices
     cap = 32 if bwd else 64
-    BK = max(16, min(cap, triton.next_power_of_2(K)))
-    BV = max(16, min(cap, triton.next_power_of_2(V)))
+    # at least 32: the kernels run 8 warps, which split a [C, B] product's columns over two
+    # warpgroups, and B = 16 becomes 8-column TF32 wgmma (fp32 inputs), which can read shared
+    # memory past its operand (triton-lang/triton#10629; likely run 4's crash at K = 16).
+    # Blocks wider than K or V are masked.
+    BK = max(32, min(cap, triton.next_power_of_2(K)))
+    BV = max(32, min(cap, triton.next_power_of_2(V)))
     # fp32 inputs get near-fp32 matmuls, as in the slot scan
     prec = "tf32x3" if dtype == torch.float32 else "tf32"
     return BK, BV, prec
@@ -372,7 +383,7 @@ class ChunkLocalFusedFunction(torch.autograd.Function):
         om = torch.empty(NC, HV, C, L, dtype=torch.float32, device=dev)
         chunk_local_fused_fwd_kernel[(NC, HV)](
             q, k, v, G2, beta, A, lam, a_off, o, qe, w, kd, u, gam, om, NC, scale,
-            L, HV=HV, K=K, V=V, NLI=NLI, C=C, BK=BK, BV=BV, PREC=prec, num_warps=8,
+            L, HV=HV, K=K, V=V, NLI=NLI, C=C, BK=BK, BV=BV, PREC=prec, num_warps=NUM_WARPS,
         )
         ctx.save_for_backward(q, k, v, G2, beta, A, lam, a_off)
         ctx.scale, ctx.layout = scale, layout
@@ -409,7 +420,7 @@ class ChunkLocalFusedFunction(torch.autograd.Function):
             q, k, v, G2, beta, A, lam, a_off,
             do, dqe, dw, dkd, du, dgam, dom,
             dq, dk, dv, dg, db, dlam, NC, ctx.scale,
-            L, HV=HV, K=K, V=V, NLI=min(L, LOG_C + 1), C=C, BK=BK, BV=BV, PREC=prec, num_warps=8,
+            L, HV=HV, K=K, V=V, NLI=min(L, LOG_C + 1), C=C, BK=BK, BV=BV, PREC=prec, num_warps=NUM_WARPS,
         )
         grads = [x.to(dt) for x, dt in zip((dq, dk, dv, dg, db, dlam), ctx.dtypes)]
         return (*grads, None, None)
