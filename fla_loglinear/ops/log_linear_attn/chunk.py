@@ -82,7 +82,13 @@ class ChunkLayout:
 
 
 def _blocks(K: int, V: int) -> tuple[int, int]:
-    return min(64, triton.next_power_of_2(K)), min(64, triton.next_power_of_2(V))
+    BK, BV = min(64, triton.next_power_of_2(K)), min(64, triton.next_power_of_2(V))
+    # With 8 warps (see _warps) a 16-column fp32 product splits into 8-column TF32 wgmma tiles,
+    # which read past their shared-memory operand on Hopper (triton-lang/triton#10629); columns
+    # past V are masked, so a wider block only costs idle lanes.
+    if BK >= 64:
+        BV = max(BV, 32)
+    return BK, BV
 
 
 def _warps(BT: int, BK: int) -> int:
