@@ -78,13 +78,19 @@ class _StubLM(torch.nn.Module):
         return input_ids
 
 
-def _stub_build(arch, log_linear, settings):
+def _stub_build(arch, settings):
     torch.manual_seed(settings.seed)
-    return _StubLM(settings.vocab_size, 16 if log_linear else 8)
+    return _StubLM(settings.vocab_size, 8)
+
+
+def _stub_twin(model, settings):
+    torch.manual_seed(settings.seed + 2)
+    return _StubLM(settings.vocab_size, 16)
 
 
 def test_demo_plumbing_with_stub_models(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "build_model", _stub_build)
+    monkeypatch.setattr(demo, "log_linear_twin", _stub_twin)
     results = []
     for run in range(2):
         assert main(["demo", *TINY, "--output", str(tmp_path / str(run))]) == 0
@@ -95,7 +101,8 @@ def test_demo_plumbing_with_stub_models(monkeypatch, tmp_path):
     ]
     for m in a["models"]:
         assert len(m["losses"]) == 4 and 0.0 <= m["accuracy"] <= 1.0
-        assert m["parameters"] == sum(p.numel() for p in _stub_build("", m["log_linear"], demo.DemoSettings()).parameters())
+        stub = (_stub_twin if m["log_linear"] else lambda _, s: _stub_build("", s))(None, demo.DemoSettings())
+        assert m["parameters"] == sum(p.numel() for p in stub.parameters())
     strip = lambda r: [{k: v for k, v in m.items() if k != "timing"} for m in r["models"]]  # noqa: E731
     assert strip(a) == strip(b)
     assert a["generate"]["generated"] == b["generate"]["generated"]
@@ -167,3 +174,33 @@ def test_bench_measurements_on_tiny_models(arch):
                               dtype=torch.float32, warmup=1, steps=1)
     assert stock["state_bytes_per_sequence"] < sizes[5]
     assert bench.kv_cache_bytes(1000, 768, 12) == 2 * 12 * 768 * 1000 * 2
+
+
+@pytest.mark.parametrize("arch", ["gdn", "mamba2"])
+def test_log_linear_twin_starts_from_the_stock_weights(arch):
+    """The demo's comparison is fair: same weights, same logits at init, lambdas free of weight decay."""
+    from fla_loglinear.mqar import make_mqar
+
+    s = demo.DemoSettings(seq_len=32, kv_pairs=4, hidden_size=32, num_layers=1)
+    stock = demo.build_model(arch, s)
+    twin = demo.log_linear_twin(stock, s)
+    assert not stock.config.log_linear and twin.config.log_linear
+    stock_params = dict(stock.named_parameters())
+    twin_params = dict(twin.named_parameters())
+    lambda_names = {n for n in twin_params if "level_proj" in n}
+    assert lambda_names and set(twin_params) - lambda_names == set(stock_params)
+    for name, p in stock_params.items():
+        assert p is not twin_params[name] and torch.equal(p, twin_params[name]), name
+    x = make_mqar(3, 32, 4, s.vocab_size, seed=11).inputs
+    with torch.no_grad():
+        # the twin runs the log-linear op with lambda == 1, the stock model fla's own: equal to rounding
+        torch.testing.assert_close(twin(input_ids=x).logits, stock(input_ids=x).logits, rtol=1e-5, atol=1e-5)
+    groups = demo._param_groups(twin, s)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] > 0 and decayed
+    assert not any(id(twin_params[n]) in decayed for n in lambda_names)
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in twin_params.values()}
+    # rebuilding gives the same twin: the lambda projection's random part is seeded
+    again = demo.log_linear_twin(demo.build_model(arch, s), s)
+    for name, p in again.named_parameters():
+        assert torch.equal(p, twin_params[name]), name
