@@ -405,6 +405,7 @@ def hopper_mma_widths():
 
     from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter as ci
     from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_local_fused as cf
+    from fla_loglinear.ops.triton_env import dot_precision
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
@@ -436,7 +437,7 @@ def hopper_mma_widths():
             out[f"fused {'bwd' if bwd else 'fwd'} K={K} V={V}"] = widths(fn, consts, scalars, {"a_off": "i32"},
                                                                          cf.NUM_WARPS)
             BK, BV, num_warps = ci._blocks(K, V)
-            consts = dict(HV=2, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=ci._precision(torch.empty(0)))
+            consts = dict(HV=2, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=dot_precision(torch.float32))
             if bwd:
                 fn, consts["RELOAD"] = ci.chunk_inter_bwd_kernel, BK > 128
             else:

@@ -7,8 +7,6 @@ live in ``chunk_fwd.py`` / ``chunk_bwd.py``; their layout is described in ``chun
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 
@@ -27,6 +25,7 @@ from fla_loglinear.ops.log_linear_attn.chunk_fwd import (
     chunk_log_linear_attn_fwd_o_kernel,
 )
 from fla_loglinear.ops.log_linear_attn.naive import naive_chunk_log_linear_attn
+from fla_loglinear.ops.triton_env import dot_precision, use_triton
 from fla_loglinear.state import FenwickState
 
 __all__ = ["chunk_log_linear_attn"]
@@ -97,12 +96,6 @@ def _warps(BT: int, BK: int) -> int:
     return 8 if BT * BK >= 4096 else 4
 
 
-def _dot_precision(x: torch.Tensor) -> str:
-    # fp32 inputs get fp32-accurate products (three TF32 passes); plain TF32 is off by ~1e-3
-    # relative.  16-bit inputs ignore it.
-    return "tf32x3" if x.dtype == torch.float32 else "tf32"
-
-
 def chunk_gate_prefix(g: torch.Tensor, layout: ChunkLayout, BT: int) -> torch.Tensor:
     """``[NT + 1, H]`` float64: the gates summed over every chunk slot before each slot."""
     H = g.shape[-1]
@@ -123,7 +116,7 @@ def chunk_fenwick_nodes_fwd(k, v, g, Gb, layout: ChunkLayout, BT: int) -> torch.
     grid = (layout.N * H, triton.cdiv(V, BV), triton.cdiv(K, BK))
     chunk_fenwick_nodes_fwd_kernel[grid](
         k, v, g, Gb, F, *layout.meta[1:], H=H, G=G, K=K, V=V, BT=BT, BK=BK, BV=BV, POS_BITS=POS_BITS,
-        DOT_PREC=_dot_precision(k),
+        DOT_PREC=dot_precision(k.dtype),
     )
     return F
 
@@ -137,7 +130,7 @@ def chunk_log_linear_attn_fwd(q, k, v, g, level_scales, h0, output_final_state, 
     F = chunk_fenwick_nodes_fwd(k, v, g, Gb, layout, BT)
     o = torch.empty_like(v)
     consts = dict(H=H, G=G, K=K, V=V, L=L, BT=BT, LOG2_BT=BT.bit_length() - 1, BK=BK, BV=BV,
-                  USE_INITIAL_STATE=h0 is not None, POS_BITS=POS_BITS, DOT_PREC=_dot_precision(q))
+                  USE_INITIAL_STATE=h0 is not None, POS_BITS=POS_BITS, DOT_PREC=dot_precision(q.dtype))
     chunk_log_linear_attn_fwd_o_kernel[(layout.NT, triton.cdiv(V, BV), H)](
         q, k, v, g, level_scales, F, h0, Gb, o, *layout.meta, scale, **consts, num_warps=_warps(BT, BK)
     )
@@ -166,7 +159,7 @@ def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout:
     BK, BV = _blocks(K, V)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
     consts = dict(H=H, G=G, K=K, V=V, L=L, BT=BT, LOG2_BT=BT.bit_length() - 1, BK=BK, BV=BV,
-                  USE_INITIAL_STATE=h0 is not None, POS_BITS=POS_BITS, DOT_PREC=_dot_precision(q))
+                  USE_INITIAL_STATE=h0 is not None, POS_BITS=POS_BITS, DOT_PREC=dot_precision(q.dtype))
     Gb = chunk_gate_prefix(g, layout, BT)
     F = chunk_fenwick_nodes_fwd(k, v, g, Gb, layout, BT)
 
@@ -239,10 +232,6 @@ class ChunkLogLinearAttnFunction(torch.autograd.Function):
         return dq, dk, dv, dg, dlam, dh0, None, None, None, None, None
 
 
-def _interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def chunk_log_linear_attn(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -291,8 +280,7 @@ def chunk_log_linear_attn(
     """
     B, T, G, H, K, V, L, N = check_log_linear_attn_args(q, k, v, g, level_scales, initial_state, cu_seqlens)
     scale = K ** -0.5 if scale is None else float(scale)
-    use_triton = q.is_cuda or (_use_triton and _interpreter_on())
-    if not use_triton:
+    if not use_triton(q, _use_triton):
         return naive_chunk_log_linear_attn(
             q, k, v, g, level_scales, initial_state, output_final_state, cu_seqlens, scale, chunk_size=_chunk_size
         )

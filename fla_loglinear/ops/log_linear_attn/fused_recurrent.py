@@ -6,8 +6,6 @@ registers.  Positions stay on the device: every sequence merges by its own posit
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -18,6 +16,7 @@ from fla_loglinear.ops.checks import check_state
 from fla_loglinear.ops.log_linear_attn.args import check_log_linear_attn_args
 from fla_loglinear.ops.log_linear_attn.naive import naive_recurrent_log_linear_attn
 from fla_loglinear.ops.log_linear_attn.triton_levels import bit_length
+from fla_loglinear.ops.triton_env import use_triton
 from fla_loglinear.state import FenwickState
 
 __all__ = ["fused_recurrent_log_linear_attn"]
@@ -163,7 +162,7 @@ def fused_recurrent_log_linear_attn(
             "use chunk_log_linear_attn for training or call it under torch.no_grad()"
         )
     scale = K ** -0.5 if scale is None else float(scale)
-    if not (q.is_cuda or (_use_triton and os.environ.get("TRITON_INTERPRET", "0") == "1")):
+    if not use_triton(q, _use_triton):
         return naive_recurrent_log_linear_attn(
             q, k, v, g, level_scales, initial_state, output_final_state, cu_seqlens, scale
         )

@@ -11,12 +11,12 @@ from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_loca
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import chunk_local_fused_fwd
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
 from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_chunk_log_linear_gated_delta_rule
+from fla_loglinear.ops.triton_env import interpreter_on, use_triton
 from fla_loglinear.state import FenwickState
 
 __all__ = ["chunk_log_linear_gated_delta_rule"]
 
 # the interpreter is only ever on when the tests ask for it (no GPU)
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # the state slots are tracked as bits of one int64
 MAX_LEVELS = 62
 # Which implementation does the chunk-local (WY) work on CUDA: "torch" (batched PyTorch of
@@ -30,10 +30,6 @@ LOCAL_IMPLS = ("triton", "torch")
 LOCAL_IMPL = os.environ.get("FLA_LOGLINEAR_GDN_LOCAL", "torch")
 if LOCAL_IMPL not in LOCAL_IMPLS:
     raise ValueError(f"FLA_LOGLINEAR_GDN_LOCAL must be one of {LOCAL_IMPLS}, got {LOCAL_IMPL!r}")
-
-
-def use_triton(x: torch.Tensor, force: bool) -> bool:
-    return x.is_cuda or (force and _INTERPRET)
 
 
 def state_in(initial_state: FenwickState | None, state_v_first: bool) -> FenwickState | None:
@@ -58,7 +54,7 @@ def use_fused_local(x: torch.Tensor, impl: str | None) -> bool:
         return x.is_cuda and LOCAL_IMPL == "triton"
     if impl not in LOCAL_IMPLS:
         raise ValueError(f"_gdn_local must be one of {LOCAL_IMPLS}, got {impl!r}")
-    return impl == "triton" and (x.is_cuda or _INTERPRET)
+    return impl == "triton" and (x.is_cuda or interpreter_on())
 
 
 def chunk_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale, initial_state, output_final_state,

@@ -14,15 +14,15 @@ chunks in reverse with the slot gradients in a second fp32 buffer.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from fla_loglinear.ops.triton_env import dot_precision, interpreter_on
+
 __all__ = ["ChunkInterFunction", "chunk_inter"]
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = interpreter_on()
 
 
 @triton.jit
@@ -210,11 +210,6 @@ def chunk_inter_bwd_kernel(
         tl.debug_barrier()
 
 
-def _precision(x: torch.Tensor) -> str:
-    # fp32 inputs get near-fp32 matmuls: plain tf32 drifts over thousands of chunks
-    return "tf32x3" if x.dtype == torch.float32 else "tf32"
-
-
 def _blocks(K: int, V: int):
     BK = max(16, triton.next_power_of_2(K))
     num_warps = 8 if BK >= 128 else 4
@@ -247,7 +242,7 @@ def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, store: bool = False):
     chunk_inter_fwd_kernel[grid](
         qe, w, kd, u, gam, om, o, ht, hs, live,
         chunk_offsets, pos_start, pos_end, NC,
-        HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE=store, PREC=_precision(qe),
+        HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE=store, PREC=dot_precision(qe.dtype),
         num_warps=num_warps,
     )
     return o, ht, hs, live
@@ -275,7 +270,7 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
         qe, w, kd, u, gam, om, do.contiguous(), hs, live, dh,
         dqe, dw, dkd, du, dgam, dom,
         chunk_offsets, pos_start, pos_end, NC,
-        HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, PREC=_precision(qe), num_warps=num_warps,
+        HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, PREC=dot_precision(qe.dtype), num_warps=num_warps,
         # K <= 128 fit on the H200 (fp32 included); K = 256 needed 296 KB of shared memory
         RELOAD=BK > 128,
     )

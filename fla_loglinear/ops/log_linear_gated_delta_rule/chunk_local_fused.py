@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import ChunkLayout, end_chunk_keys
+from fla_loglinear.ops.triton_env import dot_precision
 
 __all__ = ["ChunkLocalFusedFunction", "chunk_local_fused_fwd", "wy_prep", "wy_prep_torch", "pad_tokens"]
 
@@ -315,9 +316,7 @@ def _config(K: int, V: int, dtype: torch.dtype, bwd: bool = False):
     # Blocks wider than K or V are masked.
     BK = max(32, min(cap, triton.next_power_of_2(K)))
     BV = max(32, min(cap, triton.next_power_of_2(V)))
-    # fp32 inputs get near-fp32 matmuls, as in the slot scan
-    prec = "tf32x3" if dtype == torch.float32 else "tf32"
-    return BK, BV, prec
+    return BK, BV, dot_precision(dtype)
 
 
 def wy_prep_torch(k, g, beta, C: int = 64):

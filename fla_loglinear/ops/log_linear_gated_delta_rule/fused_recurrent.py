@@ -6,10 +6,11 @@ import triton
 import triton.language as tl
 
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import MAX_LEVELS, state_in, state_out, use_triton
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import MAX_LEVELS, state_in, state_out
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import _merge_slot
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
 from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_recurrent_log_linear_gated_delta_rule
+from fla_loglinear.ops.triton_env import use_triton
 from fla_loglinear.state import FenwickState
 
 __all__ = ["fused_recurrent_log_linear_gated_delta_rule"]
