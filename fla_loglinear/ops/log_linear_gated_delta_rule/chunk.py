@@ -45,16 +45,16 @@ def state_out(state: FenwickState | None, state_v_first: bool) -> FenwickState |
     return FenwickState(state.states.transpose(-1, -2).contiguous(), state.positions)
 
 
-def use_fused_local(x: torch.Tensor, impl: str | None) -> bool:
+def use_fused_local(q: torch.Tensor, v: torch.Tensor, impl: str | None) -> bool:
     """The fused local kernels run only when asked (env or ``_gdn_local``), on CUDA or the interpreter."""
+    if impl is not None and impl not in LOCAL_IMPLS:
+        raise ValueError(f"_gdn_local must be one of {LOCAL_IMPLS}, got {impl!r}")
     # compiled and checked for head dims 32..256 only
-    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32) or x.shape[-1] < 32:
+    if v.dtype not in (torch.bfloat16, torch.float16, torch.float32) or min(q.shape[-1], v.shape[-1]) < 32:
         return False
     if impl is None:
-        return x.is_cuda and LOCAL_IMPL == "triton"
-    if impl not in LOCAL_IMPLS:
-        raise ValueError(f"_gdn_local must be one of {LOCAL_IMPLS}, got {impl!r}")
-    return impl == "triton" and (x.is_cuda or interpreter_on())
+        return v.is_cuda and LOCAL_IMPL == "triton"
+    return impl == "triton" and (v.is_cuda or interpreter_on())
 
 
 def chunk_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale, initial_state, output_final_state,
@@ -71,7 +71,7 @@ def chunk_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale,
     positions = None if initial_state is None else initial_state.positions.tolist()
     layout = make_layout(B, T, cu_seqlens, positions, q.device)
     acc = torch.float64 if v.dtype == torch.float64 else torch.float32
-    local = chunk_local_fused_fwd if use_fused_local(v, local_impl) and q.shape[-1] >= 32 else chunk_local_fwd
+    local = chunk_local_fused_fwd if use_fused_local(q, v, local_impl) else chunk_local_fwd
     o_intra, qe, w, kd, u, gamma, omega, end_keys = local(q, k, v, g, beta, level_scales, scale, layout, acc)
     # the sweep's matmuls run in the input precision, as fla's chunk kernels do
     mm_dtype = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32
