@@ -110,6 +110,18 @@ class LogLinearMixin:
     _stock_class: type
     _lambda_heads: str
 
+    def __init__(
+        self,
+        *args,
+        num_levels: int = DEFAULT_NUM_LEVELS,
+        lambda_rank: int = DEFAULT_LAMBDA_RANK,
+        lambda_init: str = "identity",
+        **kwargs,
+    ):
+        # the fla parent builds its layer first: the projection sizes follow its heads
+        super().__init__(*args, **kwargs)
+        self._init_log_linear(num_levels, lambda_rank, lambda_init)
+
     def _init_log_linear(self, num_levels: int, lambda_rank: int, lambda_init: str) -> None:
         ref = next(self.parameters())
         self.num_levels = num_levels

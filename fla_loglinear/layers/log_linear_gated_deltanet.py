@@ -9,7 +9,7 @@ from fla.layers.gated_deltanet import GatedDeltaNet
 from fla.layers.utils import get_layer_cache, repad_hidden_states, unpad_hidden_states, update_layer_cache
 from torch.nn import functional as F
 
-from fla_loglinear.layers.level_scales import DEFAULT_LAMBDA_RANK, DEFAULT_NUM_LEVELS, LogLinearMixin
+from fla_loglinear.layers.level_scales import LogLinearMixin
 
 if TYPE_CHECKING:
     from fla.models.cache_utils import Cache
@@ -37,17 +37,6 @@ class LogLinearGatedDeltaNet(LogLinearMixin, GatedDeltaNet):
 
     _stock_class = GatedDeltaNet
     _lambda_heads = "num_v_heads"
-
-    def __init__(
-        self,
-        *args,
-        num_levels: int = DEFAULT_NUM_LEVELS,
-        lambda_rank: int = DEFAULT_LAMBDA_RANK,
-        lambda_init: str = "identity",
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self._init_log_linear(num_levels, lambda_rank, lambda_init)
 
     def forward(
         self,

@@ -9,7 +9,7 @@ from einops import rearrange
 from fla.layers.mamba2 import Mamba2
 from fla.layers.utils import get_layer_cache, get_unpad_indices_and_cu, index_first_axis, pad_input, update_layer_cache
 
-from fla_loglinear.layers.level_scales import DEFAULT_LAMBDA_RANK, DEFAULT_NUM_LEVELS, LogLinearMixin
+from fla_loglinear.layers.level_scales import LogLinearMixin
 
 if TYPE_CHECKING:
     from fla.models.cache_utils import Cache
@@ -44,17 +44,6 @@ class LogLinearMamba2(LogLinearMixin, Mamba2):
 
     _stock_class = Mamba2
     _lambda_heads = "num_heads"
-
-    def __init__(
-        self,
-        *args,
-        num_levels: int = DEFAULT_NUM_LEVELS,
-        lambda_rank: int = DEFAULT_LAMBDA_RANK,
-        lambda_init: str = "identity",
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self._init_log_linear(num_levels, lambda_rank, lambda_init)
 
     def _short_conv(self, xBC: torch.Tensor, conv_state: torch.Tensor | None, use_cache: bool):
         """Causal depthwise conv over ``[B, T, C]`` continuing the window ``conv_state`` (last inputs)."""
