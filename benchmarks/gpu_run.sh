@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# One device run on the GPU machine (see ../shared/gpu/README.md): `bash benchmarks/gpu_run.sh`.
-# Test groups run side by side (correctness only), then the benchmarks one after another on a
-# quiet GPU.  Everything lands in $OUT/run and is packed into $OUT/run.tar.gz (the device tool
-# brings back at most 8 files).  Env: TEST_TIMEOUT, BENCH_TIMEOUT (seconds per group).
+# One device run on the GPU machine: `bash benchmarks/gpu_run.sh` (fla wheels in .whl/, carried).
+# 1. PROFILES: kernel-by-kernel profiles (benchmarks/profile_ops.py) on a quiet GPU, one at a time;
+# 2. TESTS: test groups side by side (correctness only; a CUDA fault poisons only its own group);
+# 3. BENCHES: pytest-benchmark suites one after another on a quiet GPU;
+# 4. MODELS: `python -m fla_loglinear bench` arguments for the model-level report (empty: skipped).
+# Everything lands in $OUT/run and is packed into $OUT/run.tar.gz (the device tool brings back at
+# most 8 files).  Each stage's variable overrides its default; "" skips the stage.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/local}
 R=$OUT/run
@@ -15,25 +18,53 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/triton
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton, fla, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| triton', triton.__version__, '| fla', fla.__version__, '| transformers', transformers.__version__)"
 } 2>&1 | tee "$R/env.txt"
-TT=${TEST_TIMEOUT:-240}
-pt() { local name=$1; shift; timeout "$TT" python3 -m pytest -q -p no:cacheprovider "$@" > "$R/tests-$name.log" 2>&1; echo "tests-$name rc=$?" >> "$R/summary.txt"; }
-pt scalar tests/ops/test_log_linear_attn_chunk.py tests/ops/test_log_linear_attn_fused_recurrent.py &
-pt gdn tests/ops/test_log_linear_gated_delta_rule_chunk.py tests/ops/test_log_linear_gated_delta_rule_fused_recurrent.py -k "gpu or cuda or forward_only" &
-pt models tests/patches tests/layers -k "gpu or cuda" &
+stamp() { echo "$(date -u +%H:%M:%S) $*" >> "$R/summary.txt"; }
+
+PROFILES=${PROFILES-"scalar 4096 16384 65536;gdn 4096"}
+IFS=';' read -ra profs <<< "$PROFILES"
+for p in "${profs[@]}"; do
+  [ -z "$p" ] && continue
+  timeout "${PROFILE_TIMEOUT:-150}" python3 benchmarks/profile_ops.py $p >> "$R/profiles.txt" 2>&1
+  stamp "profile '$p' rc=$?"
+done
+
+TT=${TEST_TIMEOUT:-300}
+SC=tests/ops/test_log_linear_attn_chunk.py
+SR=tests/ops/test_log_linear_attn_fused_recurrent.py
+GC=tests/ops/test_log_linear_gated_delta_rule_chunk.py
+GR=tests/ops/test_log_linear_gated_delta_rule_fused_recurrent.py
+# name|pytest arguments (the -k expression last, after "-k ")
+TESTS=${TESTS-"scalar-chunk|$SC|gpu or cuda or forward_only;scalar-decode|$SR|gpu or cuda;gdn|$GC $GR|(gpu or cuda or forward_only) and not triton and not fused_local;gdn-fused|$GC|(gpu or cuda) and (triton or fused_local);models|tests/patches tests/layers|gpu or cuda"}
+IFS=';' read -ra groups <<< "$TESTS"
+for grp in "${groups[@]}"; do
+  [ -z "$grp" ] && continue
+  IFS='|' read -r name files sel <<< "$grp"
+  ( timeout "$TT" python3 -m pytest -q -p no:cacheprovider $files -k "$sel" > "$R/tests-$name.log" 2>&1
+    stamp "tests-$name rc=$?" ) &
+done
 wait
-tail -n 3 "$R"/tests-*.log | tee -a "$R/summary.txt"
-# Benchmarks on a quiet GPU, one suite at a time; "file|-k expression|timeout" each (BENCHES overrides).
-BENCHES=${BENCHES:-"log_linear_attn||170;log_linear_gated_delta_rule||170;log_linear_gated_delta_rule_decode||60"}
+for f in "$R"/tests-*.log; do [ -e "$f" ] && { echo "== $f"; tail -n 4 "$f"; } >> "$R/summary.txt"; done
+
+BENCHES=${BENCHES-"log_linear_attn||170;log_linear_gated_delta_rule||170;log_linear_gated_delta_rule_decode||60"}
 IFS=';' read -ra suites <<< "$BENCHES"
 for suite in "${suites[@]}"; do
+  [ -z "$suite" ] && continue
   IFS='|' read -r b sel bt <<< "$suite"
   tag=$b${sel:+-sel}
   BENCH_JSONL="$R/bench-$tag.jsonl" timeout "${bt:-170}" python3 -m pytest -q -p no:cacheprovider \
     "benchmarks/test_bench_$b.py" ${sel:+-k "$sel"} --benchmark-only --benchmark-json "$R/bench-$tag.json" \
     > "$R/bench-$tag.log" 2>&1
-  echo "bench-$tag rc=$?" >> "$R/summary.txt"
+  stamp "bench-$tag rc=$?"
   python3 benchmarks/plot.py "$R/bench-$tag.jsonl" "$R/bench-$tag.png" >> "$R/bench-$tag.md" 2>&1
 done
+
+MODELS=${MODELS-""}
+if [ -n "$MODELS" ]; then
+  timeout "${MODELS_TIMEOUT:-300}" python3 -m fla_loglinear bench --output "$R/models" $MODELS > "$R/models.log" 2>&1
+  stamp "models rc=$?"
+fi
 cat "$R/summary.txt"
 tar -czf "$OUT/run.tar.gz" -C "$OUT" run
 cp "$R/summary.txt" "$R/env.txt" "$OUT/"
+[ -e "$R/profiles.txt" ] && cp "$R/profiles.txt" "$OUT/"
+exit 0
