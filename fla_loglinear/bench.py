@@ -65,11 +65,14 @@ def _build(config, device, dtype):
 
     patch(cpu=torch.device(device).type == "cpu")  # the CPU paths only serve the small-scale tests
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config).to(device=device, dtype=dtype)
+    # Built (and initialised) on the device: on the CPU a 125M model's init took most of the report's time.
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config)
+    return model.to(dtype=dtype)
 
 
 def train_throughput(config, seq_len: int, batch_size: int, device="cuda", dtype=torch.bfloat16,
-                     warmup: int = 2, steps: int = 5) -> dict:
+                     warmup: int = 2, steps: int = 3) -> dict:
     """Tokens/s of forward + backward + AdamW on random tokens, and peak memory (CUDA)."""
     model = _build(config, device, dtype)
     model.train()
@@ -140,7 +143,7 @@ def _move_to_position(cache, position: int, generator: torch.Generator) -> int:
 
 @torch.no_grad()
 def decode_step(config, position: int, batch_size: int = DECODE_BATCH, device="cuda", dtype=torch.bfloat16,
-                warmup: int = 3, steps: int = 20) -> dict:
+                warmup: int = 2, steps: int = 10) -> dict:
     """Milliseconds per single-token cached step at ``position`` and state bytes per sequence."""
     model = _build(config, device, dtype)
     model.eval()
@@ -215,6 +218,24 @@ def run_kernel_suites(out: Path, timeout_s: int = 300) -> dict:
         result["plot"] = "ok" if proc.returncode == 0 else f"plot.py exit code {proc.returncode}"
     print(f"kernels: {status}")
     return result
+
+
+def _allow_fla_gated_backward() -> str | None:
+    """Let fla's stock models train on Hopper with triton < 3.7.1, where fla refuses its gated backward.
+
+    fla 0.6.0 raises there because that triton miscompiles its ``chunk_bwd_dqkwg`` (fla issue 640):
+    the stock Gated DeltaNet baseline could not be timed at all.  Its speed is valid, its gradients
+    are not; the report says so.  Our kernels do not use that fla kernel.
+    """
+    try:
+        import fla.ops.common.chunk_o as chunk_o
+    except ImportError:
+        return None
+    if not getattr(chunk_o, "IS_NVIDIA_HOPPER", False):
+        return None
+    chunk_o.IS_NVIDIA_HOPPER = False
+    return ("fla.ops.common.chunk_o.IS_NVIDIA_HOPPER was set to False so that fla's stock gated backward runs on "
+            "this Hopper GPU with triton < 3.7.1: the stock baselines' times are valid, their gradients are not")
 
 
 def _name(arch: str, log_linear: bool) -> str:
@@ -340,6 +361,10 @@ def run_bench(output: str | Path = "benchmarks/results", parts=("kernels", "trai
         "parts": list(parts),
     }
     rc = 0
+    note = _allow_fla_gated_backward()
+    if note:
+        report["note"] = note
+        print(note)
     if "kernels" in parts:
         report["kernels"] = run_kernel_suites(out)
         rc |= report["kernels"]["status"] not in ("ok", "missing")
@@ -348,6 +373,10 @@ def run_bench(output: str | Path = "benchmarks/results", parts=("kernels", "trai
     report["train"], report["decode"] = train_rows, decode_rows
     rc |= any("error" in r for r in train_rows + decode_rows)
     report["plots"] = _plot(train_rows, decode_rows, out)
+    if note:
+        import fla.ops.common.chunk_o as chunk_o
+
+        chunk_o.IS_NVIDIA_HOPPER = True
     report["total_seconds"] = time.perf_counter() - start
     (out / "models.json").write_text(json.dumps(report, indent=2))
     _print_summary(train_rows, decode_rows)

@@ -90,6 +90,14 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
     return BK, BV
 
 
+def _scan_blocks(K: int, V: int) -> tuple[int, int]:
+    # The node scans walk a sequence's chunks one after another: their parallelism is the number
+    # of (sequence, head, K block, V block) programs, only N * H * 4 at 64 x 64 (64 at T = 64K,
+    # H = 16, half the H200's SMs).  32 x 32 blocks give 4x more programs; with a 32-row product
+    # Triton uses mma.sync, not the wgmma of the TF32 bug noted in _blocks.
+    return min(32, triton.next_power_of_2(K)), min(32, triton.next_power_of_2(V))
+
+
 def _warps(BT: int, BK: int) -> int:
     # The per-chunk kernels hold several [BT, BT] and [BT, BK] fp32 tiles: with 4 warps at
     # BT = BK = 64 they spill on sm_90 (ptxas), with 8 they do not.
@@ -102,15 +110,24 @@ def chunk_gate_prefix(g: torch.Tensor, layout: ChunkLayout, BT: int) -> torch.Te
     gsum = torch.empty(layout.NT, H, dtype=torch.float32, device=g.device)
     chunk_gate_sum_kernel[(layout.NT, H)](g, gsum, *layout.meta, H=H, BT=BT)
     Gb = torch.zeros(layout.NT + 1, H, dtype=torch.float64, device=g.device)
-    Gb[1:] = gsum.to(torch.float64).cumsum(0)
+    Gb[1:] = _prefix_sum_rows(gsum)
     return Gb
+
+
+def _prefix_sum_rows(x: torch.Tensor) -> torch.Tensor:
+    """Inclusive float64 prefix sums down the rows of ``x [rows, H]``.
+
+    Scanned along the last dimension of the transpose: torch's scan over the outer dimension of a
+    ``[32768, 16]`` float64 tensor runs a few threads per column and took 2 ms on the H200.
+    """
+    return x.t().to(torch.float64).contiguous().cumsum(1).t()
 
 
 def chunk_fenwick_nodes_fwd(k, v, g, Gb, layout: ChunkLayout, BT: int) -> torch.Tensor:
     """``[NT, H, K, V]`` float32 chunk-level Fenwick nodes (slot ``e - 1`` holds node ``e``)."""
     G, K = k.shape[-2:]
     H, V = v.shape[-2:]
-    BK, BV = _blocks(K, V)
+    BK, BV = _scan_blocks(K, V)
     # Slots past a sequence's last node are never read.
     F = torch.empty(layout.NT, H, K, V, dtype=torch.float32, device=k.device)
     grid = (layout.N * H, triton.cdiv(V, BV), triton.cdiv(K, BK))
@@ -145,10 +162,11 @@ def chunk_log_linear_attn_fwd(q, k, v, g, level_scales, h0, output_final_state, 
 
 def _reverse_cumsum(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
     """Suffix sums within each sequence of ``x [rows, H]`` (float64: one pass over all rows)."""
-    suffix = torch.zeros(x.shape[0] + 1, x.shape[1], dtype=torch.float64, device=x.device)
-    suffix[:-1] = x.to(torch.float64).flip(0).cumsum(0).flip(0)
+    prefix = torch.zeros(x.shape[0] + 1, x.shape[1], dtype=torch.float64, device=x.device)
+    prefix[1:] = _prefix_sum_rows(x)
     seq = torch.repeat_interleave(torch.arange(layout.N, device=x.device), layout.seq_len, output_size=x.shape[0])
-    return (suffix[:-1] - suffix[(layout.seq_bos + layout.seq_len)[seq]]).to(torch.float32)
+    # the sum from row i to its sequence's end, inclusive
+    return (prefix[(layout.seq_bos + layout.seq_len)[seq]] - prefix[:-1]).to(torch.float32)
 
 
 def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout: ChunkLayout, scale, BT, need_dh0):
@@ -169,8 +187,9 @@ def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout:
     chunk_log_linear_attn_bwd_dnodes_kernel[(NT, NV * NK, H)](
         q, do, g, level_scales, Gb, dht, dF, *layout.meta, scale, HAS_DHT=dht is not None, **consts
     )
-    chunk_fenwick_nodes_bwd_kernel[(N * H, NV, NK)](
-        Gb, dF, *layout.meta[1:], H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, POS_BITS=POS_BITS
+    SK, SV = _scan_blocks(K, V)
+    chunk_fenwick_nodes_bwd_kernel[(N * H, triton.cdiv(V, SV), triton.cdiv(K, SK))](
+        Gb, dF, *layout.meta[1:], H=H, K=K, V=V, BT=BT, BK=SK, BV=SV, POS_BITS=POS_BITS
     )
 
     dv = torch.empty_like(v)
@@ -178,8 +197,11 @@ def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout:
         q, k, do, g, level_scales, Gb, dF, dht, dv, *layout.meta, scale, HAS_DHT=dht is not None, **consts,
         num_warps=_warps(BT, BK),
     )
-    dq = torch.empty(B, T, H, K, dtype=torch.float32, device=q.device)
-    dk = torch.empty(B, T, H, K, dtype=torch.float32, device=q.device)
+    R = H // G
+    # Per value head; GQA groups (R > 1) are summed afterwards in float32, else stored in place.
+    dqk_dtype = torch.float32 if R > 1 else q.dtype
+    dq = torch.empty(B, T, H, K, dtype=dqk_dtype, device=q.device)
+    dk = torch.empty(B, T, H, K, dtype=dqk_dtype, device=q.device)
     LP = max(2, triton.next_power_of_2(L))
     dlam = torch.empty(NK, B, T, H, L, dtype=torch.float32, device=q.device)
     dG = torch.empty(NK, B, T, H, dtype=torch.float32, device=q.device)
@@ -202,10 +224,9 @@ def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout:
         chunk_log_linear_attn_bwd_dstate_kernel[(N * H, NV * NK, L)](
             q, do, g, level_scales, Gb, dht, dh0, *layout.meta[1:], scale, HAS_DHT=dht is not None, **consts
         )
-    R = H // G
-    dq = dq.view(B, T, G, R, K).sum(3)
-    dk = dk.view(B, T, G, R, K).sum(3)
-    return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dlam.to(level_scales.dtype), dh0
+    if R > 1:
+        dq, dk = dq.view(B, T, G, R, K).sum(3).to(q.dtype), dk.view(B, T, G, R, K).sum(3).to(k.dtype)
+    return dq, dk, dv, dg.to(g.dtype), dlam.to(level_scales.dtype), dh0
 
 
 class ChunkLogLinearAttnFunction(torch.autograd.Function):

@@ -257,8 +257,8 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
     b_dG = tl.sum(b_q.to(tl.float32) * b_dq, axis=1) - tl.sum(b_k.to(tl.float32) * b_dk, axis=1)
 
     m_qk = m_t[:, None] & m_k[None, :]
-    tl.store(dq + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dq, mask=m_qk)
-    tl.store(dk + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dk, mask=m_qk)
+    tl.store(dq + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_qk)
+    tl.store(dk + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_qk)
     p_dlam = dlam + ((i_k * BTOT + rows[:, None]) * H + i_h) * L + o_l[None, :]
     tl.store(p_dlam, b_dlam, mask=m_t[:, None] & (o_l[None, :] < L))
     tl.store(dG + (i_k * BTOT + rows) * H + i_h, b_dG, mask=m_t)
