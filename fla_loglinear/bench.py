@@ -254,22 +254,31 @@ def _guard(fn, *args, **kwargs) -> dict:
         return {"error": msg}
 
 
-def bench_training(seq_lens: list[int], device="cuda", **overrides) -> list[dict]:
-    rows = []
+def _record(rows: list[dict], row: dict, save) -> None:
+    rows.append(row)
+    if save is not None:
+        save()
+
+
+def bench_training(seq_lens: list[int], device="cuda", rows: list | None = None, save=None, **overrides) -> list[dict]:
+    """Training rows, appended to ``rows`` one by one with ``save()`` after each (a cut run keeps its rows)."""
+    rows = [] if rows is None else rows
     for arch in ARCHS:
         for log_linear in (False, True):
             for T in seq_lens:
                 B = max(1, TOKENS_PER_STEP // T)
                 print(f"train: {_name(arch, log_linear)}, T={T}, B={B}", flush=True)
                 r = _guard(train_throughput, model_config(arch, log_linear, **overrides), T, B, device=device)
-                rows.append({"name": _name(arch, log_linear), "arch": arch, "log_linear": log_linear, "seq_len": T, **r})
+                _record(rows, {"name": _name(arch, log_linear), "arch": arch, "log_linear": log_linear, "seq_len": T,
+                               **r}, save)
                 if "tokens_per_second" in r:
                     print(f"    {r['tokens_per_second']:,.0f} tokens/s ({r['step_ms']:.1f} ms/step)", flush=True)
     return rows
 
 
-def bench_decoding(positions: list[int], device="cuda", **overrides) -> list[dict]:
-    rows = []
+def bench_decoding(positions: list[int], device="cuda", rows: list | None = None, save=None, **overrides) -> list[dict]:
+    """Decoding rows, recorded like :func:`bench_training`'s."""
+    rows = [] if rows is None else rows
     for arch in ARCHS:
         for log_linear in (False, True):
             for p in positions:
@@ -277,8 +286,8 @@ def bench_decoding(positions: list[int], device="cuda", **overrides) -> list[dic
                 print(f"decode: {_name(arch, log_linear)}, position {p}" + (f", {levels} levels" if levels else ""),
                       flush=True)
                 r = _guard(decode_step, model_config(arch, log_linear, levels, **overrides), p, device=device)
-                rows.append({"name": _name(arch, log_linear), "arch": arch, "log_linear": log_linear,
-                             "levels": levels, "position": p, **r})
+                _record(rows, {"name": _name(arch, log_linear), "arch": arch, "log_linear": log_linear,
+                               "levels": levels, "position": p, **r}, save)
                 if "ms_per_token" in r:
                     print(f"    {r['ms_per_token']:.3f} ms/token, state {r['state_bytes_per_sequence'] / 2**20:.2f} MiB"
                           " per sequence", flush=True)
@@ -288,8 +297,8 @@ def bench_decoding(positions: list[int], device="cuda", **overrides) -> list[dic
         name = f"softmax attention KV cache ({layers} layers x {width})"
         print(f"decode: {name}, position {p}", flush=True)
         r = _guard(lambda: {"ms_per_token": sdpa_decode_ms(p, width, layers, device=device)})
-        rows.append({"name": name, "arch": "attention", "log_linear": False, "position": p,
-                     "state_bytes_per_sequence": kv_cache_bytes(p, width, layers), **r})
+        _record(rows, {"name": name, "arch": "attention", "log_linear": False, "position": p,
+                       "state_bytes_per_sequence": kv_cache_bytes(p, width, layers), **r}, save)
     return rows
 
 
@@ -368,9 +377,19 @@ def run_bench(output: str | Path = "benchmarks/results", parts=("kernels", "trai
     if "kernels" in parts:
         report["kernels"] = run_kernel_suites(out)
         rc |= report["kernels"]["status"] not in ("ok", "missing")
-    train_rows = bench_training(list(seq_lens)) if "train" in parts else []
-    decode_rows = bench_decoding(list(positions)) if "decode" in parts else []
-    report["train"], report["decode"] = train_rows, decode_rows
+    train_rows: list[dict] = []
+    decode_rows: list[dict] = []
+    report.update(train=train_rows, decode=decode_rows)
+    report["complete"] = False
+
+    def save():  # after every measurement: a run cut by a time limit keeps what it measured
+        (out / "models.json").write_text(json.dumps(report, indent=2))
+
+    if "train" in parts:
+        bench_training(list(seq_lens), rows=train_rows, save=save)
+    if "decode" in parts:
+        bench_decoding(list(positions), rows=decode_rows, save=save)
+    report["complete"] = True
     rc |= any("error" in r for r in train_rows + decode_rows)
     report["plots"] = _plot(train_rows, decode_rows, out)
     if note:

@@ -1,8 +1,11 @@
 """Config side of the patch: the ``log_linear`` fields on fla's configs and the checkpoint model types.
 
-A log-linear config is saved with its own ``model_type`` (``fla_loglinear_<fla type>``), which only a
-patched session knows: ``AutoConfig`` / ``AutoModel*`` refuse such a checkpoint without this
-package instead of silently building the stock model.
+A saved log-linear config must never load as a stock model with its lambda weights dropped:
+- it carries its own ``model_type`` (``fla_loglinear_<fla type>``), which only a patched session
+  knows, so ``AutoConfig`` / ``AutoModel*`` refuse it without this package;
+- one field that fla's own config ``__init__`` validates (``LOCKED_FIELDS``) is saved wrapped in a
+  dict that names this package, so fla's stock classes loaded directly
+  (``GatedDeltaNetForCausalLM.from_pretrained``) raise too; the patched ``__init__`` unwraps it.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ __all__ = [
     "GatedDeltaNetLogLinearConfig",
     "Mamba2LogLinearConfig",
     "LOG_LINEAR_CONFIGS",
+    "LOCKED_FIELDS",
     "log_linear_options",
     "wrap_config_init",
     "wrap_config_to_dict",
@@ -52,6 +56,20 @@ class Mamba2LogLinearConfig(Mamba2Config):
 # stock config class -> the log-linear config class its checkpoints load as
 LOG_LINEAR_CONFIGS = {GatedDeltaNetConfig: GatedDeltaNetLogLinearConfig, Mamba2Config: Mamba2LogLinearConfig}
 _SUPPORTED = {cls for pair in LOG_LINEAR_CONFIGS.items() for cls in pair}
+# stock config class -> a field whose check in fla's __init__ rejects the wrapped (dict) value:
+# output_gate_activation must be one of three strings, A_init_range a pair (the dict has 3 keys)
+LOCKED_FIELDS = {GatedDeltaNetConfig: "output_gate_activation", Mamba2Config: "A_init_range"}
+LOCK_NOTE = "a log-linear checkpoint: `import fla_loglinear; fla_loglinear.patch()` before loading it"
+
+
+def lock_field(value) -> dict:
+    return {"fla_loglinear": LOCK_NOTE, "patch": "fla_loglinear.patch()", "value": value}
+
+
+def unlock_field(value):
+    if isinstance(value, dict) and value.get("fla_loglinear") == LOCK_NOTE:
+        return value["value"]
+    return value
 
 
 def log_linear_options(config) -> dict | None:
@@ -93,6 +111,8 @@ def wrap_config_init(original):
         # a saved log-linear config carries our model_type; the flag already says what it means
         if kwargs.get("model_type") in {c.model_type for c in LOG_LINEAR_CONFIGS.values()}:
             kwargs.pop("model_type")
+        for name in set(LOCKED_FIELDS.values()) & kwargs.keys():
+            kwargs[name] = unlock_field(kwargs[name])
         _check_fields(self, fields)
         original(self, *args, **kwargs)
         for name, value in fields.items():
@@ -103,14 +123,17 @@ def wrap_config_init(original):
 
 
 def wrap_config_to_dict(original, stock_class):
-    """``to_dict`` writing the log-linear model_type for log-linear configs (what save_pretrained stores)."""
+    """``to_dict`` of log-linear configs (what save_pretrained stores): our model_type and the locked field."""
     model_type = LOG_LINEAR_CONFIGS[stock_class].model_type
+    locked = LOCKED_FIELDS[stock_class]
 
     @functools.wraps(original)
     def to_dict(self):
         out = original(self)
         if out.get("log_linear"):
             out["model_type"] = model_type
+            if locked in out:
+                out[locked] = lock_field(out[locked])
         return out
 
     to_dict.__fla_loglinear_original__ = original

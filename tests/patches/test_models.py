@@ -148,8 +148,11 @@ def test_save_pretrained_round_trip(family, tmp_path):
     x = torch.randint(1, VOCAB, (2, 17))
     with torch.no_grad():
         ref = model(x).logits
+    locked = "output_gate_activation" if family == "gdn" else "A_init_range"
+    assert saved[locked]["value"] == json.loads(json.dumps(getattr(model.config, locked)))
     for loaded in (AutoModelForCausalLM.from_pretrained(tmp_path), type(model).from_pretrained(tmp_path)):
         assert loaded.config.log_linear and all(type(m) is LAYER[family] for m in mixers(loaded))
+        assert getattr(loaded.config, locked) == saved[locked]["value"]  # unwrapped on load
         sd, ref_sd = loaded.state_dict(), model.state_dict()
         assert sd.keys() == ref_sd.keys() and all(torch.equal(sd[k], ref_sd[k]) for k in sd)
         with torch.no_grad():
@@ -166,6 +169,10 @@ def test_unpatched_loading_of_a_log_linear_checkpoint_fails(family, tmp_path):
         AutoConfig.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="fla_loglinear_"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
+    # fla's stock class loaded directly: its config rejects the locked field
+    stock_class = type(build(family))
+    with pytest.raises(ValueError, match="output_gate_activation|A_init_range"):
+        stock_class.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
