@@ -176,6 +176,25 @@ def test_bench_measurements_on_tiny_models(arch):
     assert bench.kv_cache_bytes(1000, 768, 12) == 2 * 12 * 768 * 1000 * 2
 
 
+def test_bench_rows_are_saved_one_by_one_and_failures_recorded(monkeypatch):
+    """A report cut by a time limit keeps every row measured so far; a failing measurement is a row too."""
+    from fla_loglinear import bench
+
+    def fake_train(config, seq_len, batch_size, device="cuda"):
+        if config.log_linear and seq_len == 64:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 48.00 GiB")
+        return {"tokens_per_second": float(seq_len), "step_ms": 1.0}
+
+    monkeypatch.setattr(bench, "train_throughput", fake_train)
+    rows, saved = [], []
+    bench.bench_training([32, 64], device="cpu", rows=rows, save=lambda: saved.append(len(rows)),
+                         **TINY_MODELS["gdn"])
+    assert saved == list(range(1, 9))  # 2 archs x stock / log-linear x 2 lengths, saved after each
+    failed = [r for r in rows if "error" in r]
+    assert [(r["arch"], r["seq_len"]) for r in failed] == [("gdn", 64), ("mamba2", 64)]
+    assert all("OutOfMemoryError" in r["error"] and r["log_linear"] for r in failed)
+
+
 @pytest.mark.parametrize("arch", ["gdn", "mamba2"])
 def test_log_linear_twin_starts_from_the_stock_weights(arch):
     """The demo's comparison is fair: same weights, same logits at init, lambdas free of weight decay."""
