@@ -34,7 +34,7 @@ SR=tests/ops/test_log_linear_attn_fused_recurrent.py
 GC=tests/ops/test_log_linear_gated_delta_rule_chunk.py
 GR=tests/ops/test_log_linear_gated_delta_rule_fused_recurrent.py
 # name|pytest arguments (the -k expression last, after "-k ")
-TESTS=${TESTS-"scalar-chunk|$SC|gpu or cuda or forward_only;scalar-decode|$SR|gpu or cuda;gdn|$GC $GR|(gpu or cuda or forward_only) and not triton and not fused_local;gdn-fused|$GC|(gpu or cuda) and (triton or fused_local);models|tests/patches tests/layers|gpu or cuda"}
+TESTS=${TESTS-"scalar-chunk|$SC|gpu or cuda or forward_only;scalar-decode|$SR|gpu or cuda;gdn|$GC $GR|(gpu or cuda or forward_only) and not triton and not fused_local;gdn-fused|$GC|(gpu or cuda) and (triton or fused_local);generate|tests/patches/test_cpu.py tests/patches/test_generate.py|gpu or cuda;models|tests/patches/test_models.py tests/layers|gpu or cuda"}
 IFS=';' read -ra groups <<< "$TESTS"
 for grp in "${groups[@]}"; do
   [ -z "$grp" ] && continue
