@@ -21,9 +21,9 @@ __all__ = ["chunk_log_linear_gated_delta_rule"]
 MAX_LEVELS = 62
 # Which implementation does the chunk-local (WY) work on CUDA: "torch" (batched PyTorch of
 # chunk_local.py, autograd backward; proven on the H200) or "triton" (fused kernels of
-# chunk_local_fused.py: EXPERIMENTAL, about 2x faster in the one H200 run that timed it, but that
-# run's GPU tests hit an illegal memory access with it (benchmarks/results/2026-11-30-run4), so it
-# is opt-in until a GPU run proves it).  Read once from FLA_LOGLINEAR_GDN_LOCAL; tests and
+# chunk_local_fused.py: EXPERIMENTAL, about 2x faster in the one H200 run that timed it; it passes
+# the H200 tests at head dims <= 128 but hits an illegal memory access at 256 (results run5), so it
+# is opt-in until a GPU run proves it at every head dim).  Read once from FLA_LOGLINEAR_GDN_LOCAL; tests and
 # benchmarks may assign this attribute or pass the private option ``_gdn_local``.  CPU inputs
 # always take the PyTorch path.
 LOCAL_IMPLS = ("triton", "torch")
