@@ -495,6 +495,7 @@ def test_gpu_forward_backward_vs_reference(dtype, T, tol, local):
 @pytest.mark.parametrize("K,dtype,local", [
     (64, torch.float32, "triton"), (128, torch.float32, "triton"), (128, torch.bfloat16, "triton"),
     (256, torch.bfloat16, "triton"), (32, torch.float32, "torch"), (256, torch.float32, "torch"),
+    (256, torch.bfloat16, "torch"),  # the default path at fla's default GDN head dim, in bf16
 ])
 def test_gpu_head_dims_and_varlen(K, dtype, local):
     lens = [1, 700, 64, 1500]

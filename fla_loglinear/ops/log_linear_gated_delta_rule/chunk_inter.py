@@ -271,8 +271,11 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
         dqe, dw, dkd, du, dgam, dom,
         chunk_offsets, pos_start, pos_end, NC,
         HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, PREC=dot_precision(qe.dtype), num_warps=num_warps,
-        # K <= 128 fit on the H200 (fp32 included); K = 256 needed 296 KB of shared memory
-        RELOAD=BK > 128,
+        # fp32 at K = 256 needs it (296 KB of shared memory otherwise).  16-bit tiles fit without it
+        # (147 KB at K = 256 for triton 3.6, sm_90), and with it bf16 rose to 200 KB: it is the one
+        # change between the bf16 K = 128 scan that passed on the H200 and the K = 256 one that crashed
+        # there (benchmarks/results/2026-11-30-run5; which kernel faulted is not known)
+        RELOAD=BK > 128 and qe.element_size() == 4,
     )
     return dqe.sum(0), dw.sum(0), dkd.sum(0), du, dgam.sum(0), dom.sum(0), dh
 
