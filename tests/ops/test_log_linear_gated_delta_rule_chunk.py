@@ -220,6 +220,28 @@ def test_bad_state_shape_raises():
         chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=bad, _force_triton=True)
 
 
+@pytest.mark.parametrize("K,L,match", [(512, 2, "K = 512"), (16, 63, "L = 63")])
+def test_kernel_limits_raise_before_any_work(K, L, match, monkeypatch):
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk as chunk_mod
+    from fla_loglinear.ops.log_linear_gated_delta_rule import fused_recurrent as recurrent_mod
+    from fla_loglinear.ops.log_linear_gated_delta_rule import fused_recurrent_log_linear_gated_delta_rule
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work began before the limits were checked")
+
+    for module in (chunk_mod, recurrent_mod):
+        monkeypatch.setattr(module, "preprocess_inputs", no_work)
+    q, k, v, g, beta, lam = make_inputs(1, 2, 1, 1, K, 16, L)
+    with pytest.raises(ValueError, match=match):
+        chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, _force_triton=True)
+    with torch.no_grad(), pytest.raises(ValueError, match=match):
+        fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, _force_triton=True)
+    # the PyTorch path (CPU tensors) has neither limit
+    monkeypatch.undo()
+    o, _ = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam)
+    assert o.shape == v.shape and torch.isfinite(o).all()
+
+
 # ------------------------------------------- fused chunk-local kernels (interpreter on CPU) -----
 # fla's autotuned kernels (cumsum, k k^T, solve_tril) need a GPU; on the CPU
 # chunk_local_fused.wy_prep_torch stands in for them, so these tests check our own kernels.

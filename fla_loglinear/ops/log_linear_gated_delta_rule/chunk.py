@@ -19,6 +19,8 @@ __all__ = ["chunk_log_linear_gated_delta_rule"]
 # the interpreter is only ever on when the tests ask for it (no GPU)
 # the state slots are tracked as bits of one int64
 MAX_LEVELS = 62
+# the slot scan and the decode kernel hold a whole key dimension in one block
+MAX_K = 256
 # Which implementation does the chunk-local (WY) work on CUDA: "torch" (batched PyTorch of
 # chunk_local.py, autograd backward; proven on the H200) or "triton" (fused kernels of
 # chunk_local_fused.py: EXPERIMENTAL, about 2x faster in the one H200 run that timed it; it passes
@@ -45,6 +47,14 @@ def state_out(state: FenwickState | None, state_v_first: bool) -> FenwickState |
     return FenwickState(state.states.transpose(-1, -2).contiguous(), state.positions)
 
 
+def check_triton_limits(K: int, L: int) -> None:
+    """What the CUDA kernels of this op support, checked before they are launched."""
+    if L > MAX_LEVELS:
+        raise ValueError(f"level_scales has L = {L} levels; the Triton kernels support L <= {MAX_LEVELS}")
+    if K > MAX_K:
+        raise ValueError(f"q and k have head dim K = {K}; the Triton kernels support K <= {MAX_K} (any V)")
+
+
 def use_fused_local(q: torch.Tensor, v: torch.Tensor, impl: str | None) -> bool:
     """The fused local kernels run only when asked (env or ``_gdn_local``), on CUDA or the interpreter."""
     if impl is not None and impl not in LOCAL_IMPLS:
@@ -63,8 +73,6 @@ def chunk_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale,
     B, T, H, K = q.shape
     HV = v.shape[2]
     L = level_scales.shape[-1]
-    if L > MAX_LEVELS:
-        raise ValueError(f"level_scales has L = {L} levels; the Triton kernels support L <= {MAX_LEVELS}")
     if HV != H:
         q = q.repeat_interleave(HV // H, dim=2)
         k = k.repeat_interleave(HV // H, dim=2)
@@ -141,8 +149,11 @@ def chunk_log_linear_gated_delta_rule(
     )
     if scale is None:
         scale = K ** -0.5
+    triton_path = use_triton(q, opts.force_triton)
+    if triton_path:
+        check_triton_limits(K, L)
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
-    if use_triton(q, opts.force_triton):
+    if triton_path:
         o, final = chunk_log_linear_gated_delta_rule_fwd(
             q, k, v, g, beta, level_scales, scale, state, output_final_state, cu_seqlens, N, opts.local_impl
         )

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import MAX_LEVELS, state_in, state_out
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import check_triton_limits, state_in, state_out
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import _merge_slot
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
 from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_recurrent_log_linear_gated_delta_rule
@@ -152,10 +152,11 @@ def fused_recurrent_log_linear_gated_delta_rule(
     )
     if scale is None:
         scale = K ** -0.5
+    triton_path = use_triton(q, opts.force_triton)
+    if triton_path:
+        check_triton_limits(K, L)
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
-    if use_triton(q, opts.force_triton):
-        if L > MAX_LEVELS:
-            raise ValueError(f"level_scales has L = {L} levels; the Triton kernels support L <= {MAX_LEVELS}")
+    if triton_path:
         o, final = fused_recurrent_log_linear_gated_delta_rule_fwd(
             q, k, v, g, beta, level_scales, scale, state, opts.state_v_first, cu_seqlens, N
         )
