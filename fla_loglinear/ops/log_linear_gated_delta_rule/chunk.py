@@ -47,12 +47,16 @@ def state_out(state: FenwickState | None, state_v_first: bool) -> FenwickState |
     return FenwickState(state.states.transpose(-1, -2).contiguous(), state.positions)
 
 
-def check_triton_limits(K: int, L: int) -> None:
-    """What the CUDA kernels of this op support, checked before they are launched."""
+def use_kernels(q: torch.Tensor, force_triton: bool, K: int, L: int) -> bool:
+    """Whether a call runs the Triton kernels (CUDA, or forced under the interpreter); if it does,
+    what they support is checked here, before any work."""
+    if not use_triton(q, force_triton):
+        return False
     if L > MAX_LEVELS:
         raise ValueError(f"level_scales has L = {L} levels; the Triton kernels support L <= {MAX_LEVELS}")
     if K > MAX_K:
         raise ValueError(f"q and k have head dim K = {K}; the Triton kernels support K <= {MAX_K} (any V)")
+    return True
 
 
 def use_fused_local(q: torch.Tensor, v: torch.Tensor, impl: str | None) -> bool:
@@ -135,9 +139,9 @@ def chunk_log_linear_gated_delta_rule(
 
     CUDA inputs run the Triton kernels; CPU inputs run the PyTorch reference
     ``naive_chunk_log_linear_gated_delta_rule``.  The sequence start positions are read on the
-    host once (like fla's varlen chunk indices).  The chunk-local WY part runs fused Triton
-    kernels with a hand-written backward (:mod:`.chunk_local_fused`; ``FLA_LOGLINEAR_GDN_LOCAL=torch``
-    selects the batched PyTorch version of :mod:`.chunk_local` differentiated by autograd); the
+    host once (like fla's varlen chunk indices).  The chunk-local WY part runs as batched PyTorch
+    (:mod:`.chunk_local`, differentiated by autograd); ``FLA_LOGLINEAR_GDN_LOCAL=triton`` selects the
+    experimental fused Triton kernels with a hand-written backward (:mod:`.chunk_local_fused`).  The
     sequential sweep over the Fenwick slots is a Triton kernel (:mod:`.chunk_inter`).  The option
     preprocessing is PyTorch.
     """
@@ -149,9 +153,7 @@ def chunk_log_linear_gated_delta_rule(
     )
     if scale is None:
         scale = K ** -0.5
-    triton_path = use_triton(q, opts.force_triton)
-    if triton_path:
-        check_triton_limits(K, L)
+    triton_path = use_kernels(q, opts.force_triton, K, L)
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
     if triton_path:
         o, final = chunk_log_linear_gated_delta_rule_fwd(

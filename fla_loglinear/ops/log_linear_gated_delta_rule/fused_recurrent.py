@@ -6,11 +6,10 @@ import triton
 import triton.language as tl
 
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import check_triton_limits, state_in, state_out
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import state_in, state_out, use_kernels
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import _merge_slot
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
 from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_recurrent_log_linear_gated_delta_rule
-from fla_loglinear.ops.triton_env import use_triton
 from fla_loglinear.state import FenwickState
 
 __all__ = ["fused_recurrent_log_linear_gated_delta_rule"]
@@ -152,9 +151,7 @@ def fused_recurrent_log_linear_gated_delta_rule(
     )
     if scale is None:
         scale = K ** -0.5
-    triton_path = use_triton(q, opts.force_triton)
-    if triton_path:
-        check_triton_limits(K, L)
+    triton_path = use_kernels(q, opts.force_triton, K, L)
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
     if triton_path:
         o, final = fused_recurrent_log_linear_gated_delta_rule_fwd(
