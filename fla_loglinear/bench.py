@@ -18,6 +18,7 @@ are p: no need to prefill p tokens.  The log-linear models are built with just e
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -220,22 +221,25 @@ def run_kernel_suites(out: Path, timeout_s: int = 300) -> dict:
     return result
 
 
-def _allow_fla_gated_backward() -> str | None:
-    """Let fla's stock models train on Hopper with triton < 3.7.1, where fla refuses its gated backward.
+@contextlib.contextmanager
+def _fla_gated_backward_allowed():
+    """Inside: fla's stock models train on Hopper with triton < 3.7.1, where fla refuses its gated backward.
 
     fla 0.6.0 raises there because that triton miscompiles its ``chunk_bwd_dqkwg`` (fla issue 640):
     the stock Gated DeltaNet baseline could not be timed at all.  Its speed is valid, its gradients
-    are not; the report says so.  Our kernels do not use that fla kernel.
+    are not; the note yielded (None where fla's guard was off) says so.  Our kernels do not use that
+    fla kernel.  fla's flag is put back on exit.
     """
-    try:
-        import fla.ops.common.chunk_o as chunk_o
-    except ImportError:
-        return None
-    if not getattr(chunk_o, "IS_NVIDIA_HOPPER", False):
-        return None
+    import fla.ops.common.chunk_o as chunk_o
+
+    was = getattr(chunk_o, "IS_NVIDIA_HOPPER", False)
     chunk_o.IS_NVIDIA_HOPPER = False
-    return ("fla.ops.common.chunk_o.IS_NVIDIA_HOPPER was set to False so that fla's stock gated backward runs on "
-            "this Hopper GPU with triton < 3.7.1: the stock baselines' times are valid, their gradients are not")
+    try:
+        yield ("fla.ops.common.chunk_o.IS_NVIDIA_HOPPER was set to False so that fla's stock gated backward runs on "
+               "this Hopper GPU with triton < 3.7.1: the stock baselines' times are valid, their gradients are not"
+               ) if was else None
+    finally:
+        chunk_o.IS_NVIDIA_HOPPER = was
 
 
 def _name(arch: str, log_linear: bool) -> str:
@@ -370,10 +374,6 @@ def run_bench(output: str | Path = "benchmarks/results", parts=("kernels", "trai
         "parts": list(parts),
     }
     rc = 0
-    note = _allow_fla_gated_backward()
-    if note:
-        report["note"] = note
-        print(note)
     if "kernels" in parts:
         report["kernels"] = run_kernel_suites(out)
         rc |= report["kernels"]["status"] not in ("ok", "missing")
@@ -385,19 +385,19 @@ def run_bench(output: str | Path = "benchmarks/results", parts=("kernels", "trai
     def save():  # after every measurement: a run cut by a time limit keeps what it measured
         (out / "models.json").write_text(json.dumps(report, indent=2))
 
-    if "train" in parts:
-        bench_training(list(seq_lens), rows=train_rows, save=save)
-    if "decode" in parts:
-        bench_decoding(list(positions), rows=decode_rows, save=save)
+    with _fla_gated_backward_allowed() as note:
+        if note:
+            report["note"] = note
+            print(note)
+        if "train" in parts:
+            bench_training(list(seq_lens), rows=train_rows, save=save)
+        if "decode" in parts:
+            bench_decoding(list(positions), rows=decode_rows, save=save)
     report["complete"] = True
     rc |= any("error" in r for r in train_rows + decode_rows)
     report["plots"] = _plot(train_rows, decode_rows, out)
-    if note:
-        import fla.ops.common.chunk_o as chunk_o
-
-        chunk_o.IS_NVIDIA_HOPPER = True
     report["total_seconds"] = time.perf_counter() - start
-    (out / "models.json").write_text(json.dumps(report, indent=2))
+    save()
     _print_summary(train_rows, decode_rows)
     print(f"wrote {out / 'models.json'}" + "".join(f", {out / p}" for p in report["plots"])
           + f" in {report['total_seconds']:.0f} s")

@@ -195,6 +195,20 @@ def test_bench_rows_are_saved_one_by_one_and_failures_recorded(monkeypatch):
     assert all("OutOfMemoryError" in r["error"] and r["log_linear"] for r in failed)
 
 
+@pytest.mark.parametrize("hopper", [True, False])
+def test_bench_lifts_fla_hopper_guard_only_inside(monkeypatch, hopper):
+    import fla.ops.common.chunk_o as chunk_o
+
+    from fla_loglinear import bench
+
+    monkeypatch.setattr(chunk_o, "IS_NVIDIA_HOPPER", hopper)
+    with pytest.raises(KeyError), bench._fla_gated_backward_allowed() as note:
+        assert chunk_o.IS_NVIDIA_HOPPER is False
+        assert (note is not None) == hopper and (not hopper or "gradients are not" in note)
+        raise KeyError("a failing measurement")
+    assert chunk_o.IS_NVIDIA_HOPPER is hopper
+
+
 @pytest.mark.parametrize("arch", ["gdn", "mamba2"])
 def test_log_linear_twin_starts_from_the_stock_weights(arch):
     """The demo's comparison is fair: same weights, same logits at init, lambdas free of weight decay."""
