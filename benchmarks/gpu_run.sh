@@ -4,6 +4,8 @@
 # 2. TESTS: test groups side by side (correctness only; a CUDA fault poisons only its own group);
 # 3. BENCHES: pytest-benchmark suites one after another on a quiet GPU;
 # 4. MODELS: `python -m fla_loglinear bench` arguments for the model-level report (empty: skipped).
+# On a machine with two GPUs, MODELS_GPU=1 runs stage 4 on the second GPU from the start, beside
+# stages 1-3 on the first (each stage keeps a GPU to itself, so timings stay undisturbed).
 # Everything lands in $OUT/run and is packed into $OUT/run.tar.gz (the device tool brings back at
 # most 8 files).  Each stage's variable overrides its default; "" skips the stage.
 set -uo pipefail
@@ -14,11 +16,23 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || 
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/triton-cache
 {
   date -u +"date: %Y-%m-%dT%H:%M:%SZ"
-  git log -1 --format="commit: %H %s" 2>/dev/null || true
+  # the device copy's git directory can be older than the tree it runs: pass TREE=<commit>
+  if [ -n "${TREE:-}" ]; then echo "tree: $TREE"; else git log -1 --format="commit: %H %s" 2>/dev/null || true; fi
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton, fla, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| triton', triton.__version__, '| fla', fla.__version__, '| transformers', transformers.__version__)"
 } 2>&1 | tee "$R/env.txt"
 stamp() { echo "$(date -u +%H:%M:%S) $*" >> "$R/summary.txt"; }
+models() {
+  timeout "${MODELS_TIMEOUT:-300}" python3 -m fla_loglinear bench --output "$R/models" $MODELS > "$R/models.log" 2>&1
+  stamp "models rc=$?"
+}
+MODELS=${MODELS-""}
+MODELS_PID=
+if [ -n "$MODELS" ] && [ -n "${MODELS_GPU:-}" ]; then
+  CUDA_VISIBLE_DEVICES=$MODELS_GPU models &
+  MODELS_PID=$!
+  export CUDA_VISIBLE_DEVICES=0
+fi
 
 PROFILES=${PROFILES-"scalar 4096 16384 65536;gdn 4096"}
 IFS=';' read -ra profs <<< "$PROFILES"
@@ -36,13 +50,16 @@ GR=tests/ops/test_log_linear_gated_delta_rule_fused_recurrent.py
 # name|pytest arguments (the -k expression last, after "-k ")
 TESTS=${TESTS-"scalar-chunk|$SC|gpu or cuda or forward_only;scalar-decode|$SR|gpu or cuda;gdn|$GC $GR|(gpu or cuda or forward_only) and not triton and not fused_local;gdn-fused|$GC|(gpu or cuda) and (triton or fused_local);generate|tests/patches/test_cpu.py tests/patches/test_generate.py|gpu or cuda;models|tests/patches/test_models.py tests/layers|gpu or cuda"}
 IFS=';' read -ra groups <<< "$TESTS"
+test_pids=()
 for grp in "${groups[@]}"; do
   [ -z "$grp" ] && continue
   IFS='|' read -r name files sel <<< "$grp"
   ( timeout "$TT" python3 -m pytest -q -p no:cacheprovider $files -k "$sel" > "$R/tests-$name.log" 2>&1
     stamp "tests-$name rc=$?" ) &
+  test_pids+=($!)
 done
-wait
+# not a bare `wait`: that would also wait for the models stage on the other GPU
+for p in "${test_pids[@]}"; do wait "$p"; done
 for f in "$R"/tests-*.log; do [ -e "$f" ] && { echo "== $f"; tail -n 4 "$f"; } >> "$R/summary.txt"; done
 
 BENCHES=${BENCHES-"log_linear_attn||170;log_linear_gated_delta_rule||170;log_linear_gated_delta_rule_decode||60"}
@@ -58,10 +75,10 @@ for suite in "${suites[@]}"; do
   python3 benchmarks/plot.py "$R/bench-$tag.jsonl" "$R/bench-$tag.png" >> "$R/bench-$tag.md" 2>&1
 done
 
-MODELS=${MODELS-""}
-if [ -n "$MODELS" ]; then
-  timeout "${MODELS_TIMEOUT:-300}" python3 -m fla_loglinear bench --output "$R/models" $MODELS > "$R/models.log" 2>&1
-  stamp "models rc=$?"
+if [ -n "$MODELS_PID" ]; then
+  wait "$MODELS_PID"
+elif [ -n "$MODELS" ]; then
+  models
 fi
 cat "$R/summary.txt"
 tar -czf "$OUT/run.tar.gz" -C "$OUT" run
