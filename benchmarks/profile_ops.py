@@ -2,7 +2,7 @@
 
     python benchmarks/profile_ops.py scalar 4096 16384 65536
     python benchmarks/profile_ops.py gdn 4096
-    python benchmarks/profile_ops.py gdn-triton 4096     # the opt-in fused local GDN path
+    python benchmarks/profile_ops.py gdn-torch 4096      # GDN with the PyTorch local part
 
 bf16, H = 16, K = V = 128, B = 32768 / T: the shapes of the benchmarks.  Prints, per length, the
 CUDA kernels of 5 profiled forward + backward passes (after warm-up) sorted by their total time,
@@ -34,7 +34,7 @@ def make_step(op: str, T: int):
         return lambda: chunk_log_linear_attn(*leaves)[0].backward(do)
     beta = torch.rand(B, T, H, device=dev, dtype=dt)
     leaves = [x.requires_grad_(True) for x in (q, k, v, g, beta, lam)]
-    local = "triton" if op == "gdn-triton" else "torch"
+    local = "torch" if op == "gdn-torch" else "triton"
     return lambda: chunk_log_linear_gated_delta_rule(
         *leaves, use_qk_l2norm_in_kernel=True, _gdn_local=local)[0].backward(do)
 

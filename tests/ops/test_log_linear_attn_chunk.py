@@ -60,8 +60,9 @@ def run(fn, xs, state, cu_seqlens=None, do=None, dht=None, dtype=None, **kw):
     return o, (None if ht is None else ht), grads
 
 
-def tri(*args, **kw):
-    return chunk_log_linear_attn(*args, _use_triton=True, _chunk_size=16, **kw)
+def tri(*args, _scan_segment=2, **kw):
+    # 2-chunk scan segments: a few chunks already have nodes whose children lie in other segments
+    return chunk_log_linear_attn(*args, _use_triton=True, _chunk_size=16, _scan_segment=_scan_segment, **kw)
 
 
 def assert_rel(name, ref, out, tol):
@@ -113,6 +114,24 @@ def test_chunk_forward_backward_cpu(B, T, G, H, K, V, L, positions):
                    xs, None, do=do, dtype=torch.float64)
         out_o = run(tri, xs, None, do=do)
         compare(qref, out_o, 2e-5)
+
+
+@cpu_only
+@pytest.mark.parametrize("segment,dtype,tol", [(1, torch.float32, 2e-5), (4, torch.float32, 2e-5), (2, torch.float16, 1e-2)])
+def test_chunk_scan_segments_cpu(segment, dtype, tol):
+    """The node scans split into segments of 1 chunk (every node finished by the sequential pass
+    over segment ends) and 4 chunks (some sequences inside one segment, others across two); in
+    float16 the kernels read the nodes' and node gradients' 16-bit copies."""
+    offsets = [0, 9, 90, 150]
+    T, G, H, K, V, L = offsets[-1], 1, 2, 16, 16, 9
+    cu = torch.tensor(offsets)
+    N = len(offsets) - 1
+    xs, state = make_inputs(1, T, G, H, K, V, L, positions=[7, 45, 0], seed=11)
+    do, dht = torch.randn(1, T, H, V), torch.randn(N, H, L, K, V)
+    xs[:3] = [x.to(dtype) for x in xs[:3]]  # q, k, v
+    out = run(lambda *a, **kw: tri(*a, _scan_segment=segment, **kw), xs, state, cu_seqlens=cu, do=do, dht=dht)
+    ref = run(naive_recurrent_log_linear_attn, xs, state, cu_seqlens=cu, do=do, dht=dht, dtype=torch.float64)
+    compare(ref, out, tol)
 
 
 @cpu_only

@@ -12,17 +12,20 @@ import triton
 
 from fla_loglinear.ops.log_linear_attn.args import check_log_linear_attn_args
 from fla_loglinear.ops.log_linear_attn.chunk_bwd import (
-    chunk_fenwick_nodes_bwd_kernel,
     chunk_log_linear_attn_bwd_dnodes_kernel,
     chunk_log_linear_attn_bwd_dqk_kernel,
     chunk_log_linear_attn_bwd_dstate_kernel,
     chunk_log_linear_attn_bwd_dv_kernel,
 )
 from fla_loglinear.ops.log_linear_attn.chunk_fwd import (
-    chunk_fenwick_nodes_fwd_kernel,
     chunk_gate_sum_kernel,
     chunk_log_linear_attn_fwd_final_state_kernel,
     chunk_log_linear_attn_fwd_o_kernel,
+)
+from fla_loglinear.ops.log_linear_attn.chunk_nodes import (
+    SCAN_SEGMENT,
+    chunk_fenwick_nodes_bwd,
+    chunk_fenwick_nodes_fwd,
 )
 from fla_loglinear.ops.log_linear_attn.naive import naive_chunk_log_linear_attn
 from fla_loglinear.ops.triton_env import dot_precision, use_triton
@@ -40,7 +43,8 @@ class ChunkLayout:
 
     ``chunk_indices [NT, 2]`` (sequence, chunk of the sequence); ``seq_bos [N]`` first row of each
     sequence in the flattened ``[B * T]`` tokens; ``seq_len [N]``; ``chunk_offsets [N + 1]`` first
-    chunk slot of each sequence; ``pos0 [N]`` start positions (on the device, never read back).
+    chunk slot of each sequence; ``pos0 [N]`` start positions (on the device, never read back);
+    ``max_chunks`` the most slots of one sequence.
     A sequence gets ``cdiv(T_n, BT)`` slots, one more when it starts from a state: a start ``p0``
     that is not a multiple of ``BT`` shifts its tokens across one extra aligned chunk.
     """
@@ -56,13 +60,15 @@ class ChunkLayout:
             self.seq_bos = torch.arange(N, **i64) * T
             self.seq_len = torch.full((N,), T, **i64)
             self.NT = N * (triton.cdiv(T, BT) + extra)
+            self.max_chunks = triton.cdiv(T, BT) + extra
         else:
             # the argument checks already read the offsets back, as fla's varlen ops do
             offsets = cu_seqlens.tolist()
             N = len(offsets) - 1
             self.seq_bos = cu_seqlens[:-1].to(torch.int64)
             self.seq_len = cu_seqlens.diff().to(torch.int64)
-            self.NT = sum(triton.cdiv(e - s, BT) + extra for s, e in zip(offsets[:-1], offsets[1:]))
+            counts = [triton.cdiv(e - s, BT) + extra for s, e in zip(offsets[:-1], offsets[1:])]
+            self.NT, self.max_chunks = sum(counts), max(counts)
         counts = (self.seq_len + BT - 1) // BT + extra
         self.chunk_offsets = torch.zeros(N + 1, **i64)
         self.chunk_offsets[1:] = counts.cumsum(0)
@@ -74,6 +80,13 @@ class ChunkLayout:
             self.pos0 = torch.zeros(N, **i64)
         else:
             self.pos0 = positions.to(**i64).contiguous()
+
+    def node_order(self, BT: int) -> torch.Tensor:
+        """``[NT]`` int32 chunk slots by decreasing size of the node they end (``lowbit`` of the
+        absolute boundary ``x = p0 // BT + j + 1``), on the device."""
+        seq, local = self.chunk_indices.long().unbind(1)
+        x = self.pos0[seq] // BT + local + 1
+        return torch.argsort(x & -x, descending=True, stable=True).to(torch.int32)
 
     @property
     def meta(self):
@@ -88,14 +101,6 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
     if BK >= 64:
         BV = max(BV, 32)
     return BK, BV
-
-
-def _scan_blocks(K: int, V: int) -> tuple[int, int]:
-    # The node scans walk a sequence's chunks one after another: their parallelism is the number
-    # of (sequence, head, K block, V block) programs, only N * H * 4 at 64 x 64 (64 at T = 64K,
-    # H = 16, half the H200's SMs).  32 x 32 blocks give 4x more programs; with a 32-row product
-    # Triton uses mma.sync, not the wgmma of the TF32 bug noted in _blocks.
-    return min(32, triton.next_power_of_2(K)), min(32, triton.next_power_of_2(V))
 
 
 def _warps(BT: int, BK: int) -> int:
@@ -123,33 +128,18 @@ def _prefix_sum_rows(x: torch.Tensor) -> torch.Tensor:
     return x.t().to(torch.float64).contiguous().cumsum(1).t()
 
 
-def chunk_fenwick_nodes_fwd(k, v, g, Gb, layout: ChunkLayout, BT: int) -> torch.Tensor:
-    """``[NT, H, K, V]`` float32 chunk-level Fenwick nodes (slot ``e - 1`` holds node ``e``)."""
-    G, K = k.shape[-2:]
-    H, V = v.shape[-2:]
-    BK, BV = _scan_blocks(K, V)
-    # Slots past a sequence's last node are never read.
-    F = torch.empty(layout.NT, H, K, V, dtype=torch.float32, device=k.device)
-    grid = (layout.N * H, triton.cdiv(V, BV), triton.cdiv(K, BK))
-    chunk_fenwick_nodes_fwd_kernel[grid](
-        k, v, g, Gb, F, *layout.meta[1:], H=H, G=G, K=K, V=V, BT=BT, BK=BK, BV=BV, POS_BITS=POS_BITS,
-        DOT_PREC=dot_precision(k.dtype),
-    )
-    return F
-
-
-def chunk_log_linear_attn_fwd(q, k, v, g, level_scales, h0, output_final_state, layout: ChunkLayout, scale, BT):
+def chunk_log_linear_attn_fwd(q, k, v, g, level_scales, h0, output_final_state, layout: ChunkLayout, scale, BT, S):
     G, K = q.shape[-2:]
     H, V = v.shape[-2:]
     L = level_scales.shape[-1]
     BK, BV = _blocks(K, V)
     Gb = chunk_gate_prefix(g, layout, BT)
-    F = chunk_fenwick_nodes_fwd(k, v, g, Gb, layout, BT)
+    F, Fl = chunk_fenwick_nodes_fwd(k, v, g, Gb, layout, BT, S)
     o = torch.empty_like(v)
     consts = dict(H=H, G=G, K=K, V=V, L=L, BT=BT, LOG2_BT=BT.bit_length() - 1, BK=BK, BV=BV,
                   USE_INITIAL_STATE=h0 is not None, POS_BITS=POS_BITS, DOT_PREC=dot_precision(q.dtype))
     chunk_log_linear_attn_fwd_o_kernel[(layout.NT, triton.cdiv(V, BV), H)](
-        q, k, v, g, level_scales, F, h0, Gb, o, *layout.meta, scale, **consts, num_warps=_warps(BT, BK)
+        q, k, v, g, level_scales, Fl, h0, Gb, o, *layout.meta, scale, **consts, num_warps=_warps(BT, BK)
     )
     ht = None
     if output_final_state:
@@ -169,7 +159,7 @@ def _reverse_cumsum(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
     return (prefix[(layout.seq_bos + layout.seq_len)[seq]] - prefix[:-1]).to(torch.float32)
 
 
-def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout: ChunkLayout, scale, BT, need_dh0):
+def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout: ChunkLayout, scale, BT, S, need_dh0):
     B, T, G, K = q.shape
     H, V = v.shape[-2:]
     L = level_scales.shape[-1]
@@ -179,22 +169,20 @@ def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout:
     consts = dict(H=H, G=G, K=K, V=V, L=L, BT=BT, LOG2_BT=BT.bit_length() - 1, BK=BK, BV=BV,
                   USE_INITIAL_STATE=h0 is not None, POS_BITS=POS_BITS, DOT_PREC=dot_precision(q.dtype))
     Gb = chunk_gate_prefix(g, layout, BT)
-    F = chunk_fenwick_nodes_fwd(k, v, g, Gb, layout, BT)
+    _, Fl = chunk_fenwick_nodes_fwd(k, v, g, Gb, layout, BT, S)
 
     # Gradients of the nodes: what the later queries (and the final state) read from each,
     # then carried down the tree so that slot j holds the gradient of chunk j's own state.
     dF = torch.empty(NT, H, K, V, dtype=torch.float32, device=q.device)
-    chunk_log_linear_attn_bwd_dnodes_kernel[(NT, NV * NK, H)](
-        q, do, g, level_scales, Gb, dht, dF, *layout.meta, scale, HAS_DHT=dht is not None, **consts
+    chunk_log_linear_attn_bwd_dnodes_kernel[(NT * NV * NK * H,)](
+        q, do, g, level_scales, Gb, dht, dF, layout.node_order(BT), *layout.meta, scale,
+        HAS_DHT=dht is not None, **consts
     )
-    SK, SV = _scan_blocks(K, V)
-    chunk_fenwick_nodes_bwd_kernel[(N * H, triton.cdiv(V, SV), triton.cdiv(K, SK))](
-        Gb, dF, *layout.meta[1:], H=H, K=K, V=V, BT=BT, BK=SK, BV=SV, POS_BITS=POS_BITS
-    )
+    dFl = chunk_fenwick_nodes_bwd(Gb, dF, layout, BT, q.dtype, S)
 
     dv = torch.empty_like(v)
     chunk_log_linear_attn_bwd_dv_kernel[(NT, NV, H)](
-        q, k, do, g, level_scales, Gb, dF, dht, dv, *layout.meta, scale, HAS_DHT=dht is not None, **consts,
+        q, k, do, g, level_scales, Gb, dFl, dht, dv, *layout.meta, scale, HAS_DHT=dht is not None, **consts,
         num_warps=_warps(BT, BK),
     )
     R = H // G
@@ -206,7 +194,7 @@ def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout:
     dlam = torch.empty(NK, B, T, H, L, dtype=torch.float32, device=q.device)
     dG = torch.empty(NK, B, T, H, dtype=torch.float32, device=q.device)
     chunk_log_linear_attn_bwd_dqk_kernel[(NT, NK, H)](
-        q, k, v, do, g, level_scales, F, h0, Gb, dF, dht, dq, dk, dlam, dG, *layout.meta, scale,
+        q, k, v, do, g, level_scales, Fl, h0, Gb, dFl, dht, dq, dk, dlam, dG, *layout.meta, scale,
         NK=NK, NV=NV, LP=LP, BTOT=B * T, HAS_DHT=dht is not None, **consts,
         num_warps=_warps(BT, BK),
     )
@@ -232,14 +220,14 @@ def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout:
 class ChunkLogLinearAttnFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, q, k, v, g, level_scales, h0, positions, output_final_state, cu_seqlens, scale, BT):
+    def forward(ctx, q, k, v, g, level_scales, h0, positions, output_final_state, cu_seqlens, scale, BT, S):
         B, T = q.shape[:2]
         q, k, v, g, level_scales = (x.contiguous() for x in (q, k, v, g, level_scales))
         h0 = None if h0 is None else h0.float().contiguous()
         layout = ChunkLayout(B, T, cu_seqlens, positions, BT, q.device)
-        o, ht = chunk_log_linear_attn_fwd(q, k, v, g, level_scales, h0, output_final_state, layout, scale, BT)
+        o, ht = chunk_log_linear_attn_fwd(q, k, v, g, level_scales, h0, output_final_state, layout, scale, BT, S)
         ctx.save_for_backward(q, k, v, g, level_scales, h0, ht)
-        ctx.layout, ctx.scale, ctx.BT = layout, scale, BT
+        ctx.layout, ctx.scale, ctx.BT, ctx.S = layout, scale, BT, S
         return o, ht
 
     @staticmethod
@@ -248,9 +236,9 @@ class ChunkLogLinearAttnFunction(torch.autograd.Function):
         need_dh0 = h0 is not None and ctx.needs_input_grad[5]
         dq, dk, dv, dg, dlam, dh0 = chunk_log_linear_attn_bwd(
             q, k, v, g, level_scales, h0, ht, do.contiguous(), None if dht is None else dht.contiguous(),
-            ctx.layout, ctx.scale, ctx.BT, need_dh0,
+            ctx.layout, ctx.scale, ctx.BT, ctx.S, need_dh0,
         )
-        return dq, dk, dv, dg, dlam, dh0, None, None, None, None, None
+        return dq, dk, dv, dg, dlam, dh0, None, None, None, None, None, None
 
 
 def chunk_log_linear_attn(
@@ -266,6 +254,7 @@ def chunk_log_linear_attn(
     *,
     _use_triton: bool = False,
     _chunk_size: int = CHUNK_SIZE,
+    _scan_segment: int = SCAN_SEGMENT,
 ) -> tuple[torch.Tensor, FenwickState | None]:
     r"""Scalar-gated (Mamba-2 form) log-linear attention, chunked, with forward and backward.
 
@@ -309,7 +298,7 @@ def chunk_log_linear_attn(
     if initial_state is not None:
         h0, positions = initial_state.states, initial_state.positions
     o, ht = ChunkLogLinearAttnFunction.apply(
-        q, k, v, g, level_scales, h0, positions, output_final_state, cu_seqlens, scale, _chunk_size
+        q, k, v, g, level_scales, h0, positions, output_final_state, cu_seqlens, scale, _chunk_size, _scan_segment
     )
     final_state = None
     if output_final_state:

@@ -1,8 +1,8 @@
 """Backward Triton kernels of chunked scalar-gated log-linear attention (layout: ``chunk_fwd.py``).
 
 Order: ``dnodes`` (what the later queries and the final state read from each Fenwick node),
-``nodes_bwd`` (carry node gradients down the tree: slot ``j`` then holds the gradient of chunk
-``j``'s own state), then per chunk ``dv`` and ``dqk`` (dq, dk, d lambda and the per-token gate
+``chunk_nodes.chunk_fenwick_nodes_bwd`` (carry node gradients down the tree: slot ``j`` then holds
+the gradient of chunk ``j``'s own state, also in the input dtype, which ``dv`` / ``dqk`` read), then per chunk ``dv`` and ``dqk`` (dq, dk, d lambda and the per-token gate
 gradient ``q . dq - k . dk``), and ``dstate`` for an initial state that requires grad.
 The gate gradient needs no decay bookkeeping: the output depends on ``G_t`` only through
 ``q_t exp(G_t)`` and ``k_t exp(-G_t)``, except the final state's common ``exp(G_end)``.
@@ -12,19 +12,30 @@ import triton.language as tl
 
 from fla.ops.utils.op import exp
 
-from fla_loglinear.ops.log_linear_attn.chunk_fwd import intra_level_weights, load_chunk_meta, load_seq_meta
+from fla_loglinear.ops.log_linear_attn.chunk_fwd import (
+    chunk_path_length,
+    intra_level_weights,
+    load_chunk_meta,
+    load_seq_meta,
+)
 from fla_loglinear.ops.log_linear_attn.triton_levels import bit_length, trailing_zeros
 
 
 @triton.jit(do_not_specialize=["scale"])
 def chunk_log_linear_attn_bwd_dnodes_kernel(
-    q, do, g, lam, Gb, dht, dF, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0, scale,
+    q, do, g, lam, Gb, dht, dF, node_order, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0, scale,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr,
     BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr, HAS_DHT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    # Node e ends at chunk boundary x = A0 + e; the query chunks [x, x + lowbit(x)) read it.
-    i_c, i_kv, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    # Node e ends at chunk boundary x = A0 + e; the query chunks [x, x + lowbit(x)) read it.  A node's
+    # work grows with lowbit(x) (the top node of 64K tokens reads 512 chunks): the programs take the
+    # nodes largest first (node_order), every head and block of one node before the next node, so
+    # the longest ones start first and the small ones fill in behind them.
+    NKV: tl.constexpr = tl.cdiv(K, BK) * tl.cdiv(V, BV)
+    pid = tl.program_id(0).to(tl.int64)
+    i_c = tl.load(node_order + pid // (NKV * H)).to(tl.int64)
+    i_kv, i_h = (pid % (NKV * H)) // H, pid % H
     i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
     i_g = i_h // (H // G)
     i_n, i_j, bos, T_n, c0, p0 = load_chunk_meta(i_c, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0)
@@ -62,35 +73,6 @@ def chunk_log_linear_attn_bwd_dnodes_kernel(
                     p_dht = dht + ((i_n * H + i_h) * L + lw) * (K * V) + o_k[:, None] * V + o_v[None, :]
                     b_dF += exp((gb_last - gb_x).to(tl.float32)) * tl.load(p_dht, mask=m_kv, other=0)
     tl.store(dF + ((c0 + i_j) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :], b_dF, mask=m_kv)
-
-
-@triton.jit
-def chunk_fenwick_nodes_bwd_kernel(
-    Gb, dF, seq_bos, seq_len, chunk_offsets, pos0,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, POS_BITS: tl.constexpr,
-):
-    # Node x is a term of its Fenwick parent x + lowbit(x) only; walk the nodes downwards.
-    i_nh, i_v, i_k = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, T_n, c0, p0 = load_seq_meta(i_n, seq_bos, seq_len, chunk_offsets, pos0)
-    A0 = p0 // BT
-    E = (p0 + T_n) // BT - A0
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_kv = (o_k[:, None] < K) & (o_v[None, :] < V)
-    for i in range(0, E):
-        e = E - i
-        x = A0 + e
-        ep = x + (x & (-x)) - A0
-        if ep <= E:
-            p_d = dF + ((c0 + e - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :]
-            p_p = dF + ((c0 + ep - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :]
-            decay = exp((tl.load(Gb + (c0 + ep) * H + i_h) - tl.load(Gb + (c0 + e) * H + i_h)).to(tl.float32))
-            b_p = tl.load(p_p, mask=m_kv, other=0, cache_modifier=".cg")
-            tl.store(p_d, tl.load(p_d, mask=m_kv, other=0) + decay * b_p, mask=m_kv)
-        # the children read this node back
-        tl.debug_barrier()
 
 
 @triton.jit(do_not_specialize=["scale"])
@@ -133,7 +115,9 @@ def chunk_log_linear_attn_bwd_dv_kernel(
         b_q = tl.load(q + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
         b_k = tl.load(k + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
         b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
-        b_dh = tl.load(dF + ((c0 + i_j) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
+        # a last partial chunk ends no node: its slot was never written by the node scans
+        m_own = m_kv & (o_k[:, None] * 0 + i_j < p_end // BT - A0)
+        b_dh = tl.load(dF + ((c0 + i_j) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_own, other=0)
         b_dv += tl.dot((b_k * dec_h[:, None]).to(b_k.dtype), b_dh.to(b_k.dtype), input_precision=DOT_PREC)
     if HAS_DHT:
         # The final state holds the keys of the sequence's last chunk by their slots.  One flat
@@ -207,6 +191,7 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)
     b_dlam = tl.zeros([BT, LP], dtype=tl.float32)
+    n_nodes = chunk_path_length(A, A0)
     for i_v in range(NV):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
@@ -215,16 +200,20 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
         b_do = tl.load(do + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
         b_do = b_do.to(b_v.dtype)
         b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
+        o_kv = o_k[:, None] * V + o_v[None, :]
         x = A
-        while x > A0:
+        b_F = tl.load(F + ((c0 + x - A0 - 1) * H + i_h) * (K * V) + o_kv, mask=m_kv & (o_kv * 0 + x > A0), other=0)
+        for _ in range(n_nodes):
             e = x - A0
-            lw = tl.minimum(LOG2_BT + 1 + trailing_zeros(x, POS_BITS), L - 1)
+            x = x & (x - 1)
+            # prefetch, as in the forward's node loop
+            b_Fn = tl.load(F + ((c0 + x - A0 - 1) * H + i_h) * (K * V) + o_kv, mask=m_kv & (o_kv * 0 + x > A0), other=0)
+            lw = tl.minimum(LOG2_BT + 1 + trailing_zeros(e + A0, POS_BITS), L - 1)
             dec = scale * exp((gb_j - tl.load(Gb + (c0 + e) * H + i_h)).to(tl.float32) + b_G)
-            b_F = tl.load(F + ((c0 + e - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
             b_dqF = tl.dot(b_do, tl.trans(b_F.to(b_do.dtype)), input_precision=DOT_PREC)
             b_dq += b_dqF * (tl.load(p_lam + lw, mask=m_t, other=0).to(tl.float32) * dec)[:, None]
             b_dlam += tl.where(o_l[None, :] == lw, (dec * tl.sum(b_q * b_dqF, axis=1))[:, None], 0)
-            x = x & (x - 1)
+            b_F = b_Fn
         if USE_INITIAL_STATE:
             for l in range(L):
                 idx = tl.minimum(tl.maximum(m0, l), L - 1)
@@ -233,7 +222,9 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
                 b_dq += b_dqS * (tl.load(p_lam + idx, mask=m_t, other=0).to(tl.float32) * dec0)[:, None]
                 b_dlam += tl.where(o_l[None, :] == idx[:, None], (dec0 * tl.sum(b_q * b_dqS, axis=1))[:, None], 0)
         # this chunk's keys as read by every later chunk (the node gradients, already scaled)
-        b_dh = tl.load(dF + ((c0 + i_j) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
+        # a last partial chunk ends no node: its slot was never written by the node scans
+        m_own = m_kv & (o_k[:, None] * 0 + i_j < p_end // BT - A0)
+        b_dh = tl.load(dF + ((c0 + i_j) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_own, other=0)
         b_dk += tl.dot(b_v, tl.trans(b_dh.to(b_v.dtype)), input_precision=DOT_PREC) * dec_h[:, None]
         if HAS_DHT:
             if is_last:

@@ -13,6 +13,8 @@ reads the nodes ``A, A - lowbit(A), ...`` down to ``A0``; node ``x`` is Fenwick 
 ``LOG2_BT + trailing_zeros(x) + 1`` for every query of that chunk.  Keys before ``p0`` come from
 the initial FenwickState through ``levels.state_slot_weights``' rule.
 
+Nodes are built by ``chunk_nodes.py``; the kernels here read their input-dtype copy ``F``.
+
 ``Gb[c, h]`` (float64) is the sum of the gates of every chunk slot before global slot ``c``; only
 differences within one sequence are used, so long sequences keep their decay precision.
 """
@@ -42,6 +44,20 @@ def load_seq_meta(i_n, seq_bos, seq_len, chunk_offsets, pos0):
 
 
 @triton.jit
+def chunk_path_length(A, A0):
+    """How many nodes query chunk ``A`` reads: ``A, A - lowbit(A), ...`` while above ``A0``.
+
+    Counted first so that the node loops are ``for`` loops, which Triton software-pipelines
+    (a ``while`` loop would wait for each node's load before issuing the next)."""
+    n = A * 0
+    x = A
+    while x > A0:
+        n += 1
+        x = x & (x - 1)
+    return n
+
+
+@triton.jit
 def intra_level_weights(p_lam, lv, causal, L: tl.constexpr):
     """``lambda_t[min(lv, L - 1)]`` for the in-chunk levels ``lv [BT, BT]`` (0 off ``causal``)."""
     return tl.load(p_lam[:, None] + tl.minimum(lv, L - 1), mask=causal, other=0).to(tl.float32)
@@ -55,52 +71,6 @@ def chunk_gate_sum_kernel(g, gsum, chunk_indices, seq_bos, seq_len, chunk_offset
     m_t = (tok >= 0) & (tok < T_n)
     b_g = tl.load(g + (bos + tok) * H + i_h, mask=m_t, other=0).to(tl.float32)
     tl.store(gsum + i_c * H + i_h, tl.sum(b_g, axis=0))
-
-
-@triton.jit(do_not_specialize=["scale"])
-def chunk_fenwick_nodes_fwd_kernel(
-    k, v, g, Gb, F, seq_bos, seq_len, chunk_offsets, pos0,
-    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, POS_BITS: tl.constexpr, DOT_PREC: tl.constexpr,
-):
-    # One program walks a sequence's chunks in order: each node is its last chunk plus the
-    # smaller nodes ending inside it, which this program has just written (about 2 states a chunk).
-    i_nh, i_v, i_k = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = i_nh // H, i_nh % H
-    i_g = i_h // (H // G)
-    bos, T_n, c0, p0 = load_seq_meta(i_n, seq_bos, seq_len, chunk_offsets, pos0)
-    r, A0 = p0 % BT, p0 // BT
-    E = (p0 + T_n) // BT - A0
-    o_i = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    for e in range(1, E + 1):
-        tok = (e - 1) * BT - r + o_i
-        m_t = (tok >= 0) & (tok < T_n)
-        rows = bos + tok
-        b_k = tl.load(k + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
-        b_v = tl.load(v + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-        b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0).to(tl.float32)
-        b_G = tl.cumsum(b_g, axis=0)
-        b_kd = (b_k * exp(tl.sum(b_g, axis=0) - b_G)[:, None]).to(b_k.dtype)
-        b_h = tl.dot(tl.trans(b_kd), b_v, input_precision=DOT_PREC)
-        x = A0 + e
-        gb_e = tl.load(Gb + (c0 + e) * H + i_h)
-        lim = tl.minimum(x & (-x), e)
-        step = e * 0 + 1
-        while step < lim:
-            child = e - step
-            gb_c = tl.load(Gb + (c0 + child) * H + i_h)
-            p_c = F + ((c0 + child - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :]
-            # .cg: read from L2, where this program's own earlier stores are
-            b_h += exp((gb_e - gb_c).to(tl.float32)) * tl.load(p_c, mask=m_kv, other=0, cache_modifier=".cg")
-            step = step * 2
-        p_F = F + ((c0 + e - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :]
-        tl.store(p_F, b_h, mask=m_kv)
-        # the next nodes read this one back
-        tl.debug_barrier()
 
 
 @triton.jit(do_not_specialize=["scale"])
@@ -133,6 +103,7 @@ def chunk_log_linear_attn_fwd_o_kernel(
         # levels.state_slot_weights: slot l of the state at p0 has level max(l, bit_length(t ^ p0))
         m0 = bit_length((A * BT + o_i) ^ p0, POS_BITS)
 
+    n_nodes = chunk_path_length(A, A0)
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
@@ -143,15 +114,20 @@ def chunk_log_linear_attn_fwd_o_kernel(
         b_q = tl.load(q + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_qk, other=0)
         b_k = tl.load(k + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_qk, other=0)
         b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
+        o_kv = o_k[:, None] * V + o_v[None, :]
         x = A
-        while x > A0:
+        b_F = tl.load(F + ((c0 + x - A0 - 1) * H + i_h) * (K * V) + o_kv, mask=m_kv & (o_kv * 0 + x > A0), other=0)
+        for _ in range(n_nodes):
             e = x - A0
-            lw = tl.minimum(LOG2_BT + 1 + trailing_zeros(x, POS_BITS), L - 1)
+            x = x & (x - 1)
+            # the next node's tile is requested before this one's product, which hides its latency
+            # (the mask compares a block: the interpreter takes no scalar condition in a mask)
+            b_Fn = tl.load(F + ((c0 + x - A0 - 1) * H + i_h) * (K * V) + o_kv, mask=m_kv & (o_kv * 0 + x > A0), other=0)
+            lw = tl.minimum(LOG2_BT + 1 + trailing_zeros(e + A0, POS_BITS), L - 1)
             b_w = tl.load(p_lam + lw, mask=m_t, other=0).to(tl.float32)
             b_w = b_w * exp((gb_j - tl.load(Gb + (c0 + e) * H + i_h)).to(tl.float32) + b_G)
-            b_F = tl.load(F + ((c0 + e - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
             b_o += tl.dot((b_q * b_w[:, None]).to(b_q.dtype), b_F.to(b_q.dtype), input_precision=DOT_PREC)
-            x = x & (x - 1)
+            b_F = b_Fn
         if USE_INITIAL_STATE:
             for l in range(L):
                 b_w = tl.load(p_lam + tl.minimum(tl.maximum(m0, l), L - 1), mask=m_t, other=0).to(tl.float32) * dec0

@@ -21,15 +21,14 @@ __all__ = ["chunk_log_linear_gated_delta_rule"]
 MAX_LEVELS = 62
 # the slot scan and the decode kernel hold a whole key dimension in one block
 MAX_K = 256
-# Which implementation does the chunk-local (WY) work on CUDA: "torch" (batched PyTorch of
-# chunk_local.py, autograd backward; proven on the H200) or "triton" (fused kernels of
-# chunk_local_fused.py: EXPERIMENTAL, about 2x faster in the one H200 run that timed it; it passes
-# the H200 tests at head dims <= 128 but hits an illegal memory access at 256 (results run5), so it
-# is opt-in until a GPU run proves it at every head dim).  Read once from FLA_LOGLINEAR_GDN_LOCAL; tests and
-# benchmarks may assign this attribute or pass the private option ``_gdn_local``.  CPU inputs
-# always take the PyTorch path.
+# Which implementation does the chunk-local (WY) work on CUDA: "triton" (the fused kernels of
+# chunk_local_fused.py with their hand-written backward; the default since they passed every H200
+# test at head dims 64-256, results run8) or "torch" (batched PyTorch of chunk_local.py, autograd
+# backward; about 2x slower, kept as the fallback and the CPU path).  Head dims below 32 always take
+# "torch".  Read once from FLA_LOGLINEAR_GDN_LOCAL; tests and benchmarks may assign this attribute
+# or pass the private option ``_gdn_local``.
 LOCAL_IMPLS = ("triton", "torch")
-LOCAL_IMPL = os.environ.get("FLA_LOGLINEAR_GDN_LOCAL", "torch")
+LOCAL_IMPL = os.environ.get("FLA_LOGLINEAR_GDN_LOCAL", "triton")
 if LOCAL_IMPL not in LOCAL_IMPLS:
     raise ValueError(f"FLA_LOGLINEAR_GDN_LOCAL must be one of {LOCAL_IMPLS}, got {LOCAL_IMPL!r}")
 
@@ -60,7 +59,8 @@ def use_kernels(q: torch.Tensor, force_triton: bool, K: int, L: int) -> bool:
 
 
 def use_fused_local(q: torch.Tensor, v: torch.Tensor, impl: str | None) -> bool:
-    """The fused local kernels run only when asked (env or ``_gdn_local``), on CUDA or the interpreter."""
+    """Whether the fused local kernels run: on CUDA by default (``LOCAL_IMPL``), under the interpreter
+    only when ``_gdn_local="triton"`` asks."""
     if impl is not None and impl not in LOCAL_IMPLS:
         raise ValueError(f"_gdn_local must be one of {LOCAL_IMPLS}, got {impl!r}")
     # compiled and checked for head dims 32..256 only
@@ -139,9 +139,9 @@ def chunk_log_linear_gated_delta_rule(
 
     CUDA inputs run the Triton kernels; CPU inputs run the PyTorch reference
     ``naive_chunk_log_linear_gated_delta_rule``.  The sequence start positions are read on the
-    host once (like fla's varlen chunk indices).  The chunk-local WY part runs as batched PyTorch
-    (:mod:`.chunk_local`, differentiated by autograd); ``FLA_LOGLINEAR_GDN_LOCAL=triton`` selects the
-    experimental fused Triton kernels with a hand-written backward (:mod:`.chunk_local_fused`).  The
+    host once (like fla's varlen chunk indices).  The chunk-local WY part runs in fused Triton kernels
+    with a hand-written backward (:mod:`.chunk_local_fused`); ``FLA_LOGLINEAR_GDN_LOCAL=torch`` (and
+    head dims below 32) select batched PyTorch instead (:mod:`.chunk_local`, autograd).  The
     sequential sweep over the Fenwick slots is a Triton kernel (:mod:`.chunk_inter`).  The option
     preprocessing is PyTorch.
     """
