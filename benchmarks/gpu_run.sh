@@ -12,8 +12,10 @@ set -uo pipefail
 OUT=${OUT:-benchmarks/results/local}
 R=$OUT/run
 mkdir -p "$R"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/triton-cache
+# SITE: where the wheels go (two copies of this script running side by side need one each)
+SITE=${SITE:-/tmp/site}
+python3 -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl || exit 1
+export PYTHONPATH=$SITE:$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/triton-cache
 {
   date -u +"date: %Y-%m-%dT%H:%M:%SZ"
   # the device copy's git directory can be older than the tree it runs: pass TREE=<commit>
