@@ -32,7 +32,7 @@ def chunk_log_linear_attn_bwd_dnodes_kernel(
     # work grows with lowbit(x) (the top node of 64K tokens reads 512 chunks): the programs take the
     # nodes largest first (node_order), every head and block of one node before the next node, so
     # the longest ones start first and the small ones fill in behind them.
-    NKV: tl.constexpr = tl.cdiv(K, BK) * tl.cdiv(V, BV)
+    NKV = tl.cdiv(K, BK) * tl.cdiv(V, BV)
     pid = tl.program_id(0).to(tl.int64)
     i_c = tl.load(node_order + pid // (NKV * H)).to(tl.int64)
     i_kv, i_h = (pid % (NKV * H)) // H, pid % H
@@ -200,20 +200,17 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
         b_do = tl.load(do + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
         b_do = b_do.to(b_v.dtype)
         b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
-        o_kv = o_k[:, None] * V + o_v[None, :]
         x = A
-        b_F = tl.load(F + ((c0 + x - A0 - 1) * H + i_h) * (K * V) + o_kv, mask=m_kv & (o_kv * 0 + x > A0), other=0)
+        # (no prefetch of the next node as in the forward: this kernel is at the register limit)
         for _ in range(n_nodes):
             e = x - A0
-            x = x & (x - 1)
-            # prefetch, as in the forward's node loop
-            b_Fn = tl.load(F + ((c0 + x - A0 - 1) * H + i_h) * (K * V) + o_kv, mask=m_kv & (o_kv * 0 + x > A0), other=0)
-            lw = tl.minimum(LOG2_BT + 1 + trailing_zeros(e + A0, POS_BITS), L - 1)
+            lw = tl.minimum(LOG2_BT + 1 + trailing_zeros(x, POS_BITS), L - 1)
             dec = scale * exp((gb_j - tl.load(Gb + (c0 + e) * H + i_h)).to(tl.float32) + b_G)
+            b_F = tl.load(F + ((c0 + e - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
             b_dqF = tl.dot(b_do, tl.trans(b_F.to(b_do.dtype)), input_precision=DOT_PREC)
             b_dq += b_dqF * (tl.load(p_lam + lw, mask=m_t, other=0).to(tl.float32) * dec)[:, None]
             b_dlam += tl.where(o_l[None, :] == lw, (dec * tl.sum(b_q * b_dqF, axis=1))[:, None], 0)
-            b_F = b_Fn
+            x = x & (x - 1)
         if USE_INITIAL_STATE:
             for l in range(L):
                 idx = tl.minimum(tl.maximum(m0, l), L - 1)
