@@ -20,6 +20,7 @@ from fla_loglinear.ops.log_linear_attn import (
     naive_recurrent_log_linear_attn,
 )
 from fla_loglinear.state import FenwickState
+from tests.ops.sm90 import SCALAR_CONFIGS, run_uninterpreted
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
@@ -203,6 +204,13 @@ def test_chunk_cpu_default_runs_reference():
     o, ht = chunk_log_linear_attn(*xs, state, True)
     ro, rht = naive_chunk_log_linear_attn(*xs, state, True)
     assert torch.equal(o, ro) and torch.equal(ht.states, rht.states)
+
+
+def test_kernels_lower_for_hopper():
+    """Every kernel of the op goes through Triton's compiler for sm_90 (the interpreter accepts code
+    that the compiler rejects: run 9 lost its scalar tests to one such constexpr)."""
+    names = run_uninterpreted("scalar-kernels")
+    assert len(names) == 11 * len(SCALAR_CONFIGS), names
 
 
 def test_chunk_rejects_bad_arguments():

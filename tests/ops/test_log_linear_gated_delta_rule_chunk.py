@@ -16,6 +16,7 @@ from fla_loglinear.ops.log_linear_gated_delta_rule import (
     naive_recurrent_log_linear_gated_delta_rule,
 )
 from fla_loglinear.state import FenwickState
+from tests.ops.sm90 import MMA_HEAD_DIMS, run_uninterpreted
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -413,73 +414,8 @@ def test_local_switch_env_var():
 # TF32 wgmma, whose shared-memory operand reads run past the buffer on the H200
 # (triton-lang/triton#10629).  The interpreter cannot see that, so the kernels are lowered to
 # Triton GPU IR for sm_90 at the block sizes the CUDA path picks and their MMA layouts are read.
-MMA_HEAD_DIMS = [(16, 16), (128, 16), (128, 128)]
-
-
-def hopper_mma_widths():
-    """``{kernel and shape: sorted wgmma N widths}``; runs without the interpreter (a subprocess)."""
-    import re
-
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.compiler.compiler import make_backend
-    from triton._C.libtriton import ir
-
-    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter as ci
-    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_local_fused as cf
-    from fla_loglinear.ops.triton_env import dot_precision
-
-    target = GPUTarget("cuda", 90, 32)
-    backend = make_backend(target)
-
-    def widths(fn, consts, scalars, ptrs, num_warps):
-        sig = {n: "constexpr" if n in consts else scalars.get(n) or "*" + ptrs.get(n, "fp32") for n in fn.arg_names}
-        src = ASTSource(fn=fn, signature=sig, constexprs=consts)
-        opts = backend.parse_options({"num_warps": num_warps, **src.parse_options()})
-        ctx = ir.context()
-        ir.load_dialects(ctx)
-        backend.load_dialects(ctx)
-        mod = src.make_ir(target, opts, backend.get_codegen_implementation(opts), backend.get_module_map(), ctx)
-        stages = {}
-        backend.add_stages(stages, opts, src.language)
-        for ext in ("ttir", "ttgir"):
-            mod = stages[ext](mod, {})
-        found = re.findall(r"nvidia_mma<\{versionMajor = 3[^}]*instrShape = \[16, (\d+), \d+\]", str(mod))
-        assert found, "no wgmma layout found: the check would be vacuous"
-        return sorted({int(n) for n in found})
-
-    ci._INTERPRET = False  # the CUDA block sizes
-    out = {}
-    for K, V in MMA_HEAD_DIMS:
-        for bwd in (False, True):
-            BK, BV, prec = cf._config(K, V, torch.float32, bwd=bwd)
-            fn = cf.chunk_local_fused_bwd_kernel if bwd else cf.chunk_local_fused_fwd_kernel
-            consts = dict(HV=2, K=K, V=V, NLI=7, C=64, BK=BK, BV=BV, PREC=prec)
-            scalars = {"NC": "i32", "scale": "fp32", "L": "i32"}
-            out[f"fused {'bwd' if bwd else 'fwd'} K={K} V={V}"] = widths(fn, consts, scalars, {"a_off": "i32"},
-                                                                         cf.NUM_WARPS)
-            BK, BV, num_warps = ci._blocks(K, V)
-            consts = dict(HV=2, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=dot_precision(torch.float32))
-            if bwd:
-                fn, consts["RELOAD"] = ci.chunk_inter_bwd_kernel, BK > 128
-            else:
-                fn = ci.chunk_inter_fwd_kernel
-                consts.update(HAS_H0=True, STORE=True)
-            ptrs = {"chunk_offsets": "i32", "pos_start": "i64", "pos_end": "i64", "live_out": "i64", "live_in": "i64"}
-            out[f"scan {'bwd' if bwd else 'fwd'} K={K} V={V}"] = widths(fn, consts, {"NC": "i32"}, ptrs, num_warps)
-    return out
-
-
 def test_no_narrow_tf32_wgmma_on_hopper():
-    import json
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, __file__, "hopper-mma-widths"], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    got = run_uninterpreted("hopper-mma-widths")
     assert len(got) == 4 * len(MMA_HEAD_DIMS)
     narrow = {name: w for name, w in got.items() if min(w) < 16}
     assert not narrow, f"8-column fp32 (TF32) wgmma in {narrow}"
@@ -604,11 +540,3 @@ def test_gpu_million_tokens_smoke():
         o2, _ = chunk_log_linear_gated_delta_rule(*[x[:, T - 300:] for x in (q, k, v, g, beta, lam)],
                                                   initial_state=s1)
     assert_close(o2, o[:, T - 300:], 3e-2, "o tail")
-
-
-if __name__ == "__main__":
-    import json
-    import sys
-
-    if sys.argv[1:] == ["hopper-mma-widths"]:  # test_no_narrow_tf32_wgmma_on_hopper's subprocess
-        print(json.dumps(hopper_mma_widths()))

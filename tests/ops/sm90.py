@@ -1,0 +1,144 @@
+"""Our kernels lowered for Hopper (sm_90) on a machine without a GPU.
+
+The interpreter runs kernels as NumPy and accepts code that Triton's compiler rejects (run 9: a
+constexpr holding a tensor) or lowers to instructions that fail on the H200 (run 4: 8-column TF32
+wgmma).  These drivers lower kernels to Triton GPU IR for sm_90 at the block sizes the CUDA paths pick.
+They must run without ``TRITON_INTERPRET``, so the tests call them in a subprocess:
+
+    python -m tests.ops.sm90 hopper-mma-widths   # GDN kernels: {kernel and shape: wgmma N widths}
+    python -m tests.ops.sm90 scalar-kernels      # scalar op: every kernel at two configurations
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import torch
+import triton
+
+# (K, V) of the GDN kernels' MMA check: head dim 16, a narrow V block, the benchmark shape
+MMA_HEAD_DIMS = [(16, 16), (128, 16), (128, 128)]
+
+
+def lower_to_ttgir(fn, consts: dict, scalars: dict, ptrs: dict, num_warps: int) -> str:
+    """Triton GPU IR of ``fn`` for sm_90.  Arguments not in ``consts`` / ``scalars`` are pointers,
+    to ``ptrs.get(name, "fp32")``; ``consts`` leaves out the kernel's constexprs it does not take."""
+    from triton._C.libtriton import ir
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler.compiler import make_backend
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    consts = {k: v for k, v in consts.items() if k in fn.arg_names}
+    sig = {n: "constexpr" if n in consts else scalars.get(n) or "*" + ptrs.get(n, "fp32") for n in fn.arg_names}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+    opts = backend.parse_options({"num_warps": num_warps, **src.parse_options()})
+    ctx = ir.context()
+    ir.load_dialects(ctx)
+    backend.load_dialects(ctx)
+    mod = src.make_ir(target, opts, backend.get_codegen_implementation(opts), backend.get_module_map(), ctx)
+    stages = {}
+    backend.add_stages(stages, opts, src.language)
+    for ext in ("ttir", "ttgir"):
+        mod = stages[ext](mod, {})
+    return str(mod)
+
+
+def hopper_mma_widths() -> dict:
+    """``{kernel and shape: sorted wgmma N widths}`` of the GDN slot scan and fused local kernels (fp32)."""
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter as ci
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_local_fused as cf
+    from fla_loglinear.ops.triton_env import dot_precision
+
+    def widths(*args):
+        found = re.findall(r"nvidia_mma<\{versionMajor = 3[^}]*instrShape = \[16, (\d+), \d+\]", lower_to_ttgir(*args))
+        assert found, "no wgmma layout found: the check would be vacuous"
+        return sorted({int(n) for n in found})
+
+    ci._INTERPRET = False  # the CUDA block sizes
+    out = {}
+    for K, V in MMA_HEAD_DIMS:
+        for bwd in (False, True):
+            BK, BV, prec = cf._config(K, V, torch.float32, bwd=bwd)
+            fn = cf.chunk_local_fused_bwd_kernel if bwd else cf.chunk_local_fused_fwd_kernel
+            consts = dict(HV=2, K=K, V=V, NLI=7, C=64, BK=BK, BV=BV, PREC=prec)
+            scalars = {"NC": "i32", "scale": "fp32", "L": "i32"}
+            out[f"fused {'bwd' if bwd else 'fwd'} K={K} V={V}"] = widths(fn, consts, scalars, {"a_off": "i32"},
+                                                                         cf.NUM_WARPS)
+            BK, BV, num_warps = ci._blocks(K, V)
+            consts = dict(HV=2, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=dot_precision(torch.float32))
+            if bwd:
+                fn, consts["RELOAD"] = ci.chunk_inter_bwd_kernel, BK > 128
+            else:
+                fn = ci.chunk_inter_fwd_kernel
+                consts.update(HAS_H0=True, STORE=True)
+            ptrs = {"chunk_offsets": "i32", "pos_start": "i64", "pos_end": "i64", "live_out": "i64", "live_in": "i64"}
+            out[f"scan {'bwd' if bwd else 'fwd'} K={K} V={V}"] = widths(fn, consts, {"NC": "i32"}, ptrs, num_warps)
+    return out
+
+
+# (K, V, dtype) of the scalar op's compile check: the benchmark shape in bf16, and fp32 with four
+# 64-wide K blocks and a V block wider than V
+SCALAR_CONFIGS = [(128, 128, torch.bfloat16), (256, 32, torch.float32)]
+
+
+def scalar_kernels() -> list[str]:
+    """Names of the scalar op's kernels lowered at ``SCALAR_CONFIGS`` with an initial state and a
+    final-state gradient (the branches with the most code), at the CUDA path's block sizes."""
+    from fla_loglinear.ops.log_linear_attn import chunk, chunk_bwd, chunk_fwd, chunk_nodes
+    from fla_loglinear.ops.triton_env import dot_precision
+
+    names = []
+    for K, V, dtype in SCALAR_CONFIGS:
+        dt = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+        BK, BV = chunk._blocks(K, V)
+        SK, SV = chunk_nodes._scan_blocks(K, V)
+        BT = chunk.CHUNK_SIZE
+        consts = dict(H=4, G=2, K=K, V=V, L=18, LP=32, BT=BT, LOG2_BT=BT.bit_length() - 1, BK=BK, BV=BV,
+                      NK=triton.cdiv(K, BK), NV=triton.cdiv(V, BV), USE_INITIAL_STATE=True, HAS_DHT=True,
+                      POS_BITS=chunk.POS_BITS, DOT_PREC=dot_precision(dtype), S=chunk_nodes.SCAN_SEGMENT,
+                      STORE_LOW=dtype != torch.float32)
+        scan = dict(consts, BK=SK, BV=SV)
+        ptrs = {n: dt for n in ("q", "k", "v", "do", "o", "dv", "dq", "dk", "lam", "Fl", "dFl")}
+        ptrs.update(chunk_indices="i32", node_order="i32", seq_bos="i64", seq_len="i64", chunk_offsets="i64",
+                    pos0="i64", Gb="fp64")
+        # per-chunk kernels read the input-dtype node copies, the final state the float32 nodes
+        low = dict(ptrs, F=dt, dF=dt)
+        warps = chunk._warps(BT, BK)
+        kernels = [
+            (chunk_nodes.chunk_fenwick_nodes_fwd_kernel, scan, ptrs, 4),
+            (chunk_nodes.chunk_fenwick_nodes_fwd_ends_kernel, scan, ptrs, 4),
+            (chunk_nodes.chunk_fenwick_nodes_bwd_ends_kernel, scan, ptrs, 4),
+            (chunk_nodes.chunk_fenwick_nodes_bwd_kernel, scan, ptrs, 4),
+            (chunk_fwd.chunk_gate_sum_kernel, consts, ptrs, 4),
+            (chunk_fwd.chunk_log_linear_attn_fwd_o_kernel, consts, low, warps),
+            (chunk_fwd.chunk_log_linear_attn_fwd_final_state_kernel, consts, ptrs, 4),
+            (chunk_bwd.chunk_log_linear_attn_bwd_dnodes_kernel, consts, ptrs, 4),
+            (chunk_bwd.chunk_log_linear_attn_bwd_dv_kernel, consts, low, warps),
+            (chunk_bwd.chunk_log_linear_attn_bwd_dqk_kernel, consts, low, warps),
+            (chunk_bwd.chunk_log_linear_attn_bwd_dstate_kernel, consts, ptrs, 4),
+        ]
+        for fn, c, p, nw in kernels:
+            lower_to_ttgir(fn, c, {"scale": "fp32", "BTOT": "i64"}, p, nw)
+            names.append(f"{fn.__name__} K={K} V={V} {dt}")
+    return names
+
+
+def run_uninterpreted(driver: str):
+    """Runs ``driver`` in a subprocess without the interpreter; returns its JSON result."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = subprocess.run([sys.executable, "-m", "tests.ops.sm90", driver], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+DRIVERS = {"hopper-mma-widths": hopper_mma_widths, "scalar-kernels": scalar_kernels}
+
+if __name__ == "__main__":
+    print(json.dumps(DRIVERS[sys.argv[1]]()))
