@@ -140,9 +140,12 @@ def plot(records, out: str, title: str | None = None) -> None:
         print("no group with more than one T to plot", file=sys.stderr)
         return
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
+    # one colour per implementation across the panels, also when a panel lacks one of them
+    ops_all = sorted({op for group in groups for op in data[group]})
+    colour = {op: f"C{i % 10}" for i, op in enumerate(ops_all)}
     for ax, group in zip(axes[0], groups):
         for op, points in sorted(data[group].items()):
-            ax.plot([t for t, _ in points], [s * 1e3 for _, s in points], marker="o", label=op)
+            ax.plot([t for t, _ in points], [s * 1e3 for _, s in points], marker="o", label=op, color=colour[op])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("T (sequence length)")
