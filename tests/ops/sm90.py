@@ -7,6 +7,10 @@ They must run without ``TRITON_INTERPRET``, so the tests call them in a subproce
 
     python -m tests.ops.sm90 hopper-mma-widths   # GDN kernels: {kernel and shape: wgmma N widths}
     python -m tests.ops.sm90 scalar-kernels      # scalar op: every kernel at two configurations
+    python -m tests.ops.sm90 scalar-resources    # registers and spills (ptxas -v), benchmark shape
+
+The last one is a tool, not a test: the scalar kernels' speed on the H200 tracked their register
+pressure (one program per SM at 255 registers), and ptxas reports it without a GPU.
 """
 from __future__ import annotations
 
@@ -23,9 +27,10 @@ import triton
 MMA_HEAD_DIMS = [(16, 16), (128, 16), (128, 128)]
 
 
-def lower_to_ttgir(fn, consts: dict, scalars: dict, ptrs: dict, num_warps: int) -> str:
-    """Triton GPU IR of ``fn`` for sm_90.  Arguments not in ``consts`` / ``scalars`` are pointers,
-    to ``ptrs.get(name, "fp32")``; ``consts`` leaves out the kernel's constexprs it does not take."""
+def lower(fn, consts: dict, scalars: dict, ptrs: dict, num_warps: int, until: str = "ttgir"):
+    """``fn`` compiled for sm_90 up to stage ``until`` ("ttgir" or "ptx"); returns that stage's text.
+    Arguments not in ``consts`` / ``scalars`` are pointers, to ``ptrs.get(name, "fp32")``;
+    ``consts`` leaves out the kernel's constexprs it does not take."""
     from triton._C.libtriton import ir
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -43,9 +48,35 @@ def lower_to_ttgir(fn, consts: dict, scalars: dict, ptrs: dict, num_warps: int) 
     mod = src.make_ir(target, opts, backend.get_codegen_implementation(opts), backend.get_module_map(), ctx)
     stages = {}
     backend.add_stages(stages, opts, src.language)
-    for ext in ("ttir", "ttgir"):
-        mod = stages[ext](mod, {})
-    return str(mod)
+    metadata = {}
+    for ext in ("ttir", "ttgir", "llir", "ptx"):
+        mod = stages[ext](mod, metadata)
+        if ext == until:
+            return str(mod) if ext != "ptx" else mod
+    raise ValueError(f"unknown stage {until!r}")
+
+
+def lower_to_ttgir(fn, consts: dict, scalars: dict, ptrs: dict, num_warps: int) -> str:
+    return lower(fn, consts, scalars, ptrs, num_warps, "ttgir")
+
+
+def ptx_resources(ptx: str) -> dict:
+    """Registers and spill bytes per thread that the ptxas bundled with Triton reports for ``ptx``."""
+    import tempfile
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        report = subprocess.run([ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull],
+                                capture_output=True, text=True, check=True).stderr
+
+    def first(pattern):
+        found = re.search(pattern, report)
+        return int(found.group(1)) if found else 0
+    return dict(registers=first(r"Used (\d+) registers"), spill_stores=first(r"(\d+) bytes spill stores"),
+                spill_loads=first(r"(\d+) bytes spill loads"))
 
 
 def hopper_mma_widths() -> dict:
@@ -86,46 +117,60 @@ def hopper_mma_widths() -> dict:
 SCALAR_CONFIGS = [(128, 128, torch.bfloat16), (256, 32, torch.float32)]
 
 
-def scalar_kernels() -> list[str]:
-    """Names of the scalar op's kernels lowered at ``SCALAR_CONFIGS`` with an initial state and a
-    final-state gradient (the branches with the most code), at the CUDA path's block sizes."""
+def scalar_launches(K: int, V: int, dtype: torch.dtype, states: bool = True) -> list[tuple]:
+    """``(kernel, constexprs, pointer dtypes, num_warps)`` of every scalar-op kernel as the CUDA path
+    launches it at head dims ``K``, ``V``; ``states``: with an initial state and a final-state
+    gradient (the branches with the most code), else without (the benchmarks' case)."""
     from fla_loglinear.ops.log_linear_attn import chunk, chunk_bwd, chunk_fwd, chunk_nodes
     from fla_loglinear.ops.triton_env import dot_precision
 
+    dt = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    BK, BV = chunk._blocks(K, V)
+    SK, SV = chunk_nodes._scan_blocks(K, V)
+    BT = chunk.CHUNK_SIZE
+    consts = dict(H=4, G=2, K=K, V=V, L=18, LP=32, BT=BT, LOG2_BT=BT.bit_length() - 1, BK=BK, BV=BV,
+                  NK=triton.cdiv(K, BK), NV=triton.cdiv(V, BV), USE_INITIAL_STATE=states, HAS_DHT=states,
+                  POS_BITS=chunk.POS_BITS, DOT_PREC=dot_precision(dtype), S=chunk_nodes.SCAN_SEGMENT,
+                  STORE_LOW=dtype != torch.float32)
+    scan = dict(consts, BK=SK, BV=SV)
+    ptrs = {n: dt for n in ("q", "k", "v", "do", "o", "dv", "dq", "dk", "lam", "Fl", "dFl")}
+    ptrs.update(chunk_indices="i32", node_order="i32", seq_bos="i64", seq_len="i64", chunk_offsets="i64",
+                pos0="i64", Gb="fp64")
+    # per-chunk kernels read the input-dtype node copies, the final state the float32 nodes
+    low = dict(ptrs, F=dt, dF=dt)
+    warps = chunk._warps(BT, BK)
+    return [
+        (chunk_nodes.chunk_fenwick_nodes_fwd_kernel, scan, ptrs, 4),
+        (chunk_nodes.chunk_fenwick_nodes_fwd_ends_kernel, scan, ptrs, 4),
+        (chunk_nodes.chunk_fenwick_nodes_bwd_ends_kernel, scan, ptrs, 4),
+        (chunk_nodes.chunk_fenwick_nodes_bwd_kernel, scan, ptrs, 4),
+        (chunk_fwd.chunk_gate_sum_kernel, consts, ptrs, 4),
+        (chunk_fwd.chunk_log_linear_attn_fwd_o_kernel, consts, low, warps),
+        (chunk_fwd.chunk_log_linear_attn_fwd_final_state_kernel, consts, ptrs, 4),
+        (chunk_bwd.chunk_log_linear_attn_bwd_dnodes_kernel, consts, ptrs, 4),
+        (chunk_bwd.chunk_log_linear_attn_bwd_dv_kernel, consts, low, warps),
+        (chunk_bwd.chunk_log_linear_attn_bwd_dqk_kernel, consts, low, warps),
+        (chunk_bwd.chunk_log_linear_attn_bwd_dstate_kernel, consts, ptrs, 4),
+    ]
+
+
+SCALAR_SCALARS = {"scale": "fp32", "BTOT": "i64"}
+
+
+def scalar_kernels() -> list[str]:
+    """Names of the scalar op's kernels lowered at ``SCALAR_CONFIGS``."""
     names = []
     for K, V, dtype in SCALAR_CONFIGS:
-        dt = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
-        BK, BV = chunk._blocks(K, V)
-        SK, SV = chunk_nodes._scan_blocks(K, V)
-        BT = chunk.CHUNK_SIZE
-        consts = dict(H=4, G=2, K=K, V=V, L=18, LP=32, BT=BT, LOG2_BT=BT.bit_length() - 1, BK=BK, BV=BV,
-                      NK=triton.cdiv(K, BK), NV=triton.cdiv(V, BV), USE_INITIAL_STATE=True, HAS_DHT=True,
-                      POS_BITS=chunk.POS_BITS, DOT_PREC=dot_precision(dtype), S=chunk_nodes.SCAN_SEGMENT,
-                      STORE_LOW=dtype != torch.float32)
-        scan = dict(consts, BK=SK, BV=SV)
-        ptrs = {n: dt for n in ("q", "k", "v", "do", "o", "dv", "dq", "dk", "lam", "Fl", "dFl")}
-        ptrs.update(chunk_indices="i32", node_order="i32", seq_bos="i64", seq_len="i64", chunk_offsets="i64",
-                    pos0="i64", Gb="fp64")
-        # per-chunk kernels read the input-dtype node copies, the final state the float32 nodes
-        low = dict(ptrs, F=dt, dF=dt)
-        warps = chunk._warps(BT, BK)
-        kernels = [
-            (chunk_nodes.chunk_fenwick_nodes_fwd_kernel, scan, ptrs, 4),
-            (chunk_nodes.chunk_fenwick_nodes_fwd_ends_kernel, scan, ptrs, 4),
-            (chunk_nodes.chunk_fenwick_nodes_bwd_ends_kernel, scan, ptrs, 4),
-            (chunk_nodes.chunk_fenwick_nodes_bwd_kernel, scan, ptrs, 4),
-            (chunk_fwd.chunk_gate_sum_kernel, consts, ptrs, 4),
-            (chunk_fwd.chunk_log_linear_attn_fwd_o_kernel, consts, low, warps),
-            (chunk_fwd.chunk_log_linear_attn_fwd_final_state_kernel, consts, ptrs, 4),
-            (chunk_bwd.chunk_log_linear_attn_bwd_dnodes_kernel, consts, ptrs, 4),
-            (chunk_bwd.chunk_log_linear_attn_bwd_dv_kernel, consts, low, warps),
-            (chunk_bwd.chunk_log_linear_attn_bwd_dqk_kernel, consts, low, warps),
-            (chunk_bwd.chunk_log_linear_attn_bwd_dstate_kernel, consts, ptrs, 4),
-        ]
-        for fn, c, p, nw in kernels:
-            lower_to_ttgir(fn, c, {"scale": "fp32", "BTOT": "i64"}, p, nw)
-            names.append(f"{fn.__name__} K={K} V={V} {dt}")
+        for fn, consts, ptrs, num_warps in scalar_launches(K, V, dtype):
+            lower_to_ttgir(fn, consts, SCALAR_SCALARS, ptrs, num_warps)
+            names.append(f"{fn.__name__} K={K} V={V} {dtype}")
     return names
+
+
+def scalar_resources() -> dict:
+    """``{kernel: ptxas resources}`` as the benchmark launches them (bf16, K = V = 128, no states)."""
+    return {fn.__name__: ptx_resources(lower(fn, consts, SCALAR_SCALARS, ptrs, num_warps, "ptx"))
+            for fn, consts, ptrs, num_warps in scalar_launches(128, 128, torch.bfloat16, states=False)}
 
 
 def run_uninterpreted(driver: str):
@@ -138,7 +183,8 @@ def run_uninterpreted(driver: str):
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-DRIVERS = {"hopper-mma-widths": hopper_mma_widths, "scalar-kernels": scalar_kernels}
+DRIVERS = {"hopper-mma-widths": hopper_mma_widths, "scalar-kernels": scalar_kernels,
+           "scalar-resources": scalar_resources}
 
 if __name__ == "__main__":
     print(json.dumps(DRIVERS[sys.argv[1]]()))
