@@ -56,10 +56,6 @@ def lower(fn, consts: dict, scalars: dict, ptrs: dict, num_warps: int, until: st
     raise ValueError(f"unknown stage {until!r}")
 
 
-def lower_to_ttgir(fn, consts: dict, scalars: dict, ptrs: dict, num_warps: int) -> str:
-    return lower(fn, consts, scalars, ptrs, num_warps, "ttgir")
-
-
 def ptx_resources(ptx: str) -> dict:
     """Registers and spill bytes per thread that the ptxas bundled with Triton reports for ``ptx``."""
     import tempfile
@@ -86,7 +82,7 @@ def hopper_mma_widths() -> dict:
     from fla_loglinear.ops.triton_env import dot_precision
 
     def widths(*args):
-        found = re.findall(r"nvidia_mma<\{versionMajor = 3[^}]*instrShape = \[16, (\d+), \d+\]", lower_to_ttgir(*args))
+        found = re.findall(r"nvidia_mma<\{versionMajor = 3[^}]*instrShape = \[16, (\d+), \d+\]", lower(*args))
         assert found, "no wgmma layout found: the check would be vacuous"
         return sorted({int(n) for n in found})
 
@@ -162,7 +158,7 @@ def scalar_kernels() -> list[str]:
     names = []
     for K, V, dtype in SCALAR_CONFIGS:
         for fn, consts, ptrs, num_warps in scalar_launches(K, V, dtype):
-            lower_to_ttgir(fn, consts, SCALAR_SCALARS, ptrs, num_warps)
+            lower(fn, consts, SCALAR_SCALARS, ptrs, num_warps)
             names.append(f"{fn.__name__} K={K} V={V} {dtype}")
     return names
 

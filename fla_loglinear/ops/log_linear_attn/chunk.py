@@ -286,7 +286,9 @@ def chunk_log_linear_attn(
 
     CUDA tensors run the Triton kernels (float32 accumulation for any input dtype).  CPU tensors run
     ``naive_chunk_log_linear_attn`` unless the Triton interpreter is on (``TRITON_INTERPRET=1``)
-    and the private ``_use_triton=True`` asks for the kernels (how the CPU tests cover them).
+    and the private ``_use_triton=True`` asks for the kernels (how the CPU tests cover them, with
+    the private ``_chunk_size`` and ``_scan_segment``, in chunks, shrunk so that a few dozen tokens
+    span several levels and scan segments).
     """
     B, T, G, H, K, V, L, N = check_log_linear_attn_args(q, k, v, g, level_scales, initial_state, cu_seqlens)
     scale = K ** -0.5 if scale is None else float(scale)

@@ -40,6 +40,38 @@ def _segment_nodes(A0, E, i_s, S: tl.constexpr):
 
 
 @triton.jit
+def _scan_program(i_nh, i_kv, seq_bos, seq_len, chunk_offsets, pos0,
+                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """What a scan program over (sequence x head ``i_nh``, K x V block ``i_kv``) works on: its head, its
+    sequence's meta, ``A0`` and the node count ``E``, and the block's offsets and mask."""
+    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T_n, c0, p0 = load_seq_meta(i_n, seq_bos, seq_len, chunk_offsets, pos0)
+    A0 = p0 // BT
+    E = (p0 + T_n) // BT - A0
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_kv = (o_k[:, None] < K) & (o_v[None, :] < V)
+    return i_n, i_h, bos, T_n, c0, p0, A0, E, o_k, o_v, o_k[:, None] * V + o_v[None, :], m_kv
+
+
+@triton.jit
+def _add_children(b_h, Gb, F, c0, e, i_h, o_kv, m_kv, step, lim, H: tl.constexpr, KV: tl.constexpr):
+    """``b_h`` plus the children ``e - step, e - 2 step, ...`` (below ``lim``) of node ``e``, each
+    carried to ``e``; they are nodes this program has just written."""
+    gb_e = tl.load(Gb + (c0 + e) * H + i_h)
+    while step < lim:
+        child = e - step
+        gb_c = tl.load(Gb + (c0 + child) * H + i_h)
+        # .cg: read from L2, where this program's own earlier stores are
+        b_c = tl.load(F + ((c0 + child - 1) * H + i_h) * KV + o_kv, mask=m_kv, other=0, cache_modifier=".cg")
+        b_h += exp((gb_e - gb_c).to(tl.float32)) * b_c
+        step = step * 2
+    return b_h
+
+
+@triton.jit
 def chunk_fenwick_nodes_fwd_kernel(
     k, v, g, Gb, F, Fl, seq_bos, seq_len, chunk_offsets, pos0,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -48,19 +80,13 @@ def chunk_fenwick_nodes_fwd_kernel(
 ):
     # One program walks one segment's chunks in order: each node is its last chunk plus its smaller
     # children, which this program has just written; a segment end gets only the children of its segment.
-    i_nh, i_kv, i_s = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
-    i_n, i_h = i_nh // H, i_nh % H
+    i_n, i_h, bos, T_n, c0, p0, A0, E, o_k, o_v, o_kv, m_kv = _scan_program(
+        tl.program_id(0).to(tl.int64), tl.program_id(1), seq_bos, seq_len, chunk_offsets, pos0, H, K, V, BT, BK, BV)
     i_g = i_h // (H // G)
-    bos, T_n, c0, p0 = load_seq_meta(i_n, seq_bos, seq_len, chunk_offsets, pos0)
-    r, A0 = p0 % BT, p0 // BT
-    E = (p0 + T_n) // BT - A0
-    e_lo, e_hi = _segment_nodes(A0, E, i_s, S)
+    r = p0 % BT
+    e_lo, e_hi = _segment_nodes(A0, E, tl.program_id(2), S)
     o_i = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
     for e in range(e_lo, e_hi + 1):
         tok = (e - 1) * BT - r + o_i
         m_t = (tok >= 0) & (tok < T_n)
@@ -74,17 +100,10 @@ def chunk_fenwick_nodes_fwd_kernel(
         b_kd = (b_k * exp(tl.sum(b_g, axis=0) - b_G)[:, None]).to(b_k.dtype)
         b_h = tl.dot(tl.trans(b_kd), b_v, input_precision=DOT_PREC)
         x = A0 + e
-        gb_e = tl.load(Gb + (c0 + e) * H + i_h)
+        # children in other segments (S chunks back and more) come in the segment-end pass
         lim = tl.minimum(tl.minimum(x & (-x), e), S)
-        step = e * 0 + 1
-        while step < lim:
-            child = e - step
-            gb_c = tl.load(Gb + (c0 + child) * H + i_h)
-            p_c = F + ((c0 + child - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :]
-            # .cg: read from L2, where this program's own earlier stores are
-            b_h += exp((gb_e - gb_c).to(tl.float32)) * tl.load(p_c, mask=m_kv, other=0, cache_modifier=".cg")
-            step = step * 2
-        o_F = ((c0 + e - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :]
+        b_h = _add_children(b_h, Gb, F, c0, e, i_h, o_kv, m_kv, e * 0 + 1, lim, H, K * V)
+        o_F = ((c0 + e - 1) * H + i_h) * (K * V) + o_kv
         tl.store(F + o_F, b_h, mask=m_kv)
         if STORE_LOW:
             if x % S != 0:
@@ -101,30 +120,14 @@ def chunk_fenwick_nodes_fwd_ends_kernel(
 ):
     # The segment ends in order: add the children of other segments (S, 2S, 4S, ... chunks back),
     # which are earlier segment ends this program has just finished.
-    i_nh, i_kv = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, T_n, c0, p0 = load_seq_meta(i_n, seq_bos, seq_len, chunk_offsets, pos0)
-    A0 = p0 // BT
-    E = (p0 + T_n) // BT - A0
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_kv = (o_k[:, None] < K) & (o_v[None, :] < V)
-    m_lo = A0 // S + 1
-    for m in range(m_lo, (A0 + E) // S + 1):
+    i_n, i_h, bos, T_n, c0, p0, A0, E, o_k, o_v, o_kv, m_kv = _scan_program(
+        tl.program_id(0).to(tl.int64), tl.program_id(1), seq_bos, seq_len, chunk_offsets, pos0, H, K, V, BT, BK, BV)
+    for m in range(A0 // S + 1, (A0 + E) // S + 1):
         x = m * S
         e = x - A0
-        o_F = ((c0 + e - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :]
+        o_F = ((c0 + e - 1) * H + i_h) * (K * V) + o_kv
         b_h = tl.load(F + o_F, mask=m_kv, other=0)
-        gb_e = tl.load(Gb + (c0 + e) * H + i_h)
-        lim = tl.minimum(x & (-x), e)
-        step = e * 0 + S
-        while step < lim:
-            child = e - step
-            gb_c = tl.load(Gb + (c0 + child) * H + i_h)
-            p_c = F + ((c0 + child - 1) * H + i_h) * (K * V) + o_k[:, None] * V + o_v[None, :]
-            b_h += exp((gb_e - gb_c).to(tl.float32)) * tl.load(p_c, mask=m_kv, other=0, cache_modifier=".cg")
-            step = step * 2
+        b_h = _add_children(b_h, Gb, F, c0, e, i_h, o_kv, m_kv, e * 0 + S, tl.minimum(x & (-x), e), H, K * V)
         tl.store(F + o_F, b_h, mask=m_kv)
         if STORE_LOW:
             tl.store(Fl + o_F, b_h.to(Fl.dtype.element_ty), mask=m_kv)
@@ -154,16 +157,8 @@ def chunk_fenwick_nodes_bwd_ends_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, S: tl.constexpr, STORE_LOW: tl.constexpr,
 ):
     # Node x is a term of its parent x + lowbit(x) only; a segment end's parent is a later segment end.
-    i_nh, i_kv = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, T_n, c0, p0 = load_seq_meta(i_n, seq_bos, seq_len, chunk_offsets, pos0)
-    A0 = p0 // BT
-    E = (p0 + T_n) // BT - A0
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    o_kv = o_k[:, None] * V + o_v[None, :]
-    m_kv = (o_k[:, None] < K) & (o_v[None, :] < V)
+    i_n, i_h, bos, T_n, c0, p0, A0, E, o_k, o_v, o_kv, m_kv = _scan_program(
+        tl.program_id(0).to(tl.int64), tl.program_id(1), seq_bos, seq_len, chunk_offsets, pos0, H, K, V, BT, BK, BV)
     m_lo, m_hi = A0 // S + 1, (A0 + E) // S
     for i in range(0, m_hi - m_lo + 1):
         _carry_to_parent(Gb, dF, dFl, c0, A0, E, (m_hi - i) * S - A0, i_h, o_kv, m_kv, H, K * V, STORE_LOW)
@@ -178,17 +173,9 @@ def chunk_fenwick_nodes_bwd_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, S: tl.constexpr, STORE_LOW: tl.constexpr,
 ):
     # Inside one segment, downwards: every parent is in the segment (its end is already final).
-    i_nh, i_kv, i_s = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, T_n, c0, p0 = load_seq_meta(i_n, seq_bos, seq_len, chunk_offsets, pos0)
-    A0 = p0 // BT
-    E = (p0 + T_n) // BT - A0
-    e_lo, e_hi = _segment_nodes(A0, E, i_s, S)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    o_kv = o_k[:, None] * V + o_v[None, :]
-    m_kv = (o_k[:, None] < K) & (o_v[None, :] < V)
+    i_n, i_h, bos, T_n, c0, p0, A0, E, o_k, o_v, o_kv, m_kv = _scan_program(
+        tl.program_id(0).to(tl.int64), tl.program_id(1), seq_bos, seq_len, chunk_offsets, pos0, H, K, V, BT, BK, BV)
+    e_lo, e_hi = _segment_nodes(A0, E, tl.program_id(2), S)
     for i in range(0, e_hi - e_lo + 1):
         e = e_hi - i
         if (A0 + e) % S != 0:
