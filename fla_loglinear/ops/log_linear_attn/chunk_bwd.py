@@ -57,11 +57,13 @@ def chunk_log_linear_attn_bwd_dnodes_kernel(
         for jq in range(e, jq_end):
             tok = jq * BT - r + o_i
             m_t = (tok >= 0) & (tok < T_n)
-            rows = bos + tok
-            b_q = tl.load(q + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
-            b_do = tl.load(do + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-            b_G = tl.cumsum(tl.load(g + rows * H + i_h, mask=m_t, other=0).to(tl.float32), axis=0)
-            b_w = tl.load(lam + rows * (H * L) + i_h * L + lw, mask=m_t, other=0).to(tl.float32)
+            row0 = bos + jq * BT - r  # a scalar 64-bit base; 32-bit offsets inside the tiles
+            b_q = tl.load(q + (row0 * (G * K) + i_g * K) + (o_i[:, None] * (G * K) + o_k[None, :]),
+                          mask=m_t[:, None] & m_k[None, :], other=0)
+            b_do = tl.load(do + (row0 * (H * V) + i_h * V) + (o_i[:, None] * (H * V) + o_v[None, :]),
+                           mask=m_t[:, None] & m_v[None, :], other=0)
+            b_G = tl.cumsum(tl.load(g + (row0 * H + i_h) + o_i * H, mask=m_t, other=0).to(tl.float32), axis=0)
+            b_w = tl.load(lam + (row0 * (H * L) + i_h * L + lw) + o_i * (H * L), mask=m_t, other=0).to(tl.float32)
             b_w = b_w * exp((tl.load(Gb + (c0 + jq) * H + i_h) - gb_x).to(tl.float32) + b_G)
             b_dF += tl.dot(tl.trans((b_q * b_w[:, None]).to(b_q.dtype)), b_do.to(b_q.dtype), input_precision=DOT_PREC)
         b_dF *= scale
@@ -93,10 +95,17 @@ def chunk_log_linear_attn_bwd_dv_kernel(
     o_i = tl.arange(0, BT)
     tok = start + o_i
     m_t = (tok >= 0) & (tok < T_n)
-    rows = bos + tok
+    # 64-bit offsets once per program (scalar bases), 32-bit offsets inside the tiles
+    row0 = bos + start
+    q += row0 * (G * K) + i_g * K
+    k += row0 * (G * K) + i_g * K
+    do += row0 * (H * V) + i_h * V
+    dv += row0 * (H * V) + i_h * V
+    g += row0 * H + i_h
+    lam += row0 * (H * L) + i_h * L
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
-    b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0).to(tl.float32)
+    b_g = tl.load(g + o_i * H, mask=m_t, other=0).to(tl.float32)
     b_G = tl.cumsum(b_g, axis=0)
     dec_h = exp(tl.sum(b_g, axis=0) - b_G)
     p_end = p0 + T_n
@@ -112,8 +121,8 @@ def chunk_log_linear_attn_bwd_dv_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         m_kv = m_k[:, None] & m_v[None, :]
-        b_q = tl.load(q + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
-        b_k = tl.load(k + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+        b_q = tl.load(q + o_i[:, None] * (G * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+        b_k = tl.load(k + o_i[:, None] * (G * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
         b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
         # a last partial chunk ends no node: its slot was never written by the node scans
         m_own = m_kv & (o_k[:, None] * 0 + i_j < p_end // BT - A0)
@@ -128,7 +137,7 @@ def chunk_log_linear_attn_bwd_dv_kernel(
             l = i_lk // tl.cdiv(K, BK)
             o_k = (i_lk % tl.cdiv(K, BK)) * BK + tl.arange(0, BK)
             m_k = o_k < K
-            b_k = tl.load(k + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+            b_k = tl.load(k + o_i[:, None] * (G * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
             b_kd = (b_k * tl.where(m_t & (slot == l), dec_e, 0)[:, None]).to(b_k.dtype)
             p_dht = dht + ((i_n * H + i_h) * L + l) * (K * V) + o_k[:, None] * V + o_v[None, :]
             b_dht = tl.load(p_dht, mask=m_k[:, None] & m_v[None, :], other=0).to(b_k.dtype)
@@ -136,11 +145,11 @@ def chunk_log_linear_attn_bwd_dv_kernel(
 
     lv = bit_length(o_i[:, None] ^ o_i[None, :], LOG2_BT + 1)
     causal = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
-    b_W = intra_level_weights(lam + rows * (H * L) + i_h * L, lv, causal, L)
+    b_W = intra_level_weights(lam + o_i * (H * L), lv, causal, m_t, L, LOG2_BT)
     b_D = exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
-    b_do = tl.load(do + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+    b_do = tl.load(do + o_i[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
     b_dv += tl.dot(tl.trans((b_A * b_W * b_D * scale).to(b_do.dtype)), b_do, input_precision=DOT_PREC)
-    tl.store(dv + rows[:, None] * (H * V) + i_h * V + o_v[None, :], b_dv.to(dv.dtype.element_ty),
+    tl.store(dv + o_i[:, None] * (H * V) + o_v[None, :], b_dv.to(dv.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
 
@@ -166,13 +175,24 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
     o_l = tl.arange(0, LP)
     tok = start + o_i
     m_t = (tok >= 0) & (tok < T_n)
-    rows = bos + tok
-    p_lam = lam + rows * (H * L) + i_h * L
+    # 64-bit offsets once per program (scalar bases), 32-bit offsets inside the tiles
+    row0 = bos + start
+    q += row0 * (G * K) + i_g * K
+    k += row0 * (G * K) + i_g * K
+    v += row0 * (H * V) + i_h * V
+    do += row0 * (H * V) + i_h * V
+    g += row0 * H + i_h
+    lam += row0 * (H * L) + i_h * L
+    dq += (row0 * H + i_h) * K
+    dk += (row0 * H + i_h) * K
+    dlam += ((i_k * BTOT + row0) * H + i_h) * L
+    dG += (i_k * BTOT + row0) * H + i_h
+    p_lam = lam + o_i * (H * L)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
-    b_q = tl.load(q + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
-    b_k = tl.load(k + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
-    b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0).to(tl.float32)
+    b_q = tl.load(q + o_i[:, None] * (G * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+    b_k = tl.load(k + o_i[:, None] * (G * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+    b_g = tl.load(g + o_i * H, mask=m_t, other=0).to(tl.float32)
     b_G = tl.cumsum(b_g, axis=0)
     dec_h = exp(tl.sum(b_g, axis=0) - b_G)
     gb_j = tl.load(Gb + (c0 + i_j) * H + i_h)
@@ -196,8 +216,8 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
         m_kv = m_k[:, None] & m_v[None, :]
-        b_v = tl.load(v + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-        b_do = tl.load(do + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+        b_v = tl.load(v + o_i[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+        b_do = tl.load(do + o_i[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
         b_do = b_do.to(b_v.dtype)
         b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
         x = A
@@ -235,7 +255,7 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
     b_D = scale * exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
     b_dA = b_dA * b_D
     b_R = b_dA * tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
-    b_W = intra_level_weights(p_lam, lv, causal, L)
+    b_W = intra_level_weights(p_lam, lv, causal, m_t, L, LOG2_BT)
     for lvl in tl.static_range(LOG2_BT + 1):
         b_s = tl.sum(tl.where(lv == lvl, b_R, 0), axis=1)
         b_dlam += tl.where(o_l[None, :] == min(lvl, L - 1), b_s[:, None], 0)
@@ -245,11 +265,11 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
     b_dG = tl.sum(b_q.to(tl.float32) * b_dq, axis=1) - tl.sum(b_k.to(tl.float32) * b_dk, axis=1)
 
     m_qk = m_t[:, None] & m_k[None, :]
-    tl.store(dq + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_qk)
-    tl.store(dk + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_qk)
-    p_dlam = dlam + ((i_k * BTOT + rows[:, None]) * H + i_h) * L + o_l[None, :]
+    tl.store(dq + o_i[:, None] * (H * K) + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_qk)
+    tl.store(dk + o_i[:, None] * (H * K) + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_qk)
+    p_dlam = dlam + o_i[:, None] * (H * L) + o_l[None, :]
     tl.store(p_dlam, b_dlam, mask=m_t[:, None] & (o_l[None, :] < L))
-    tl.store(dG + (i_k * BTOT + rows) * H + i_h, b_dG, mask=m_t)
+    tl.store(dG + o_i * H, b_dG, mask=m_t)
 
 
 @triton.jit(do_not_specialize=["scale"])

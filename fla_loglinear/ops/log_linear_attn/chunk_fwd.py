@@ -58,9 +58,16 @@ def chunk_path_length(A, A0):
 
 
 @triton.jit
-def intra_level_weights(p_lam, lv, causal, L: tl.constexpr):
-    """``lambda_t[min(lv, L - 1)]`` for the in-chunk levels ``lv [BT, BT]`` (0 off ``causal``)."""
-    return tl.load(p_lam[:, None] + tl.minimum(lv, L - 1), mask=causal, other=0).to(tl.float32)
+def intra_level_weights(p_lam, lv, causal, m_t, L: tl.constexpr, LOG2_BT: tl.constexpr):
+    """``lambda_t[min(lv, L - 1)]`` for the in-chunk levels ``lv [BT, BT]`` (0 off ``causal``).
+
+    One ``[BT]`` load per level (``LOG2_BT + 1`` of them) and a select, not a ``[BT, BT]`` gather:
+    the gather's 64-bit pointer block alone took a quarter of the registers of the kernels using it."""
+    b_W = tl.zeros(lv.shape, dtype=tl.float32)
+    for lvl in tl.static_range(LOG2_BT + 1):
+        b_l = tl.load(p_lam + min(lvl, L - 1), mask=m_t, other=0).to(tl.float32)
+        b_W = tl.where(lv == lvl, b_l[:, None], b_W)
+    return tl.where(causal, b_W, 0)
 
 
 @triton.jit
@@ -91,12 +98,17 @@ def chunk_log_linear_attn_fwd_o_kernel(
     o_i = tl.arange(0, BT)
     tok = start + o_i
     m_t = (tok >= 0) & (tok < T_n)
-    rows = bos + tok
+    # 64-bit offsets once per program (scalar bases), 32-bit offsets inside the tiles
+    row0 = bos + start
+    q += row0 * (G * K) + i_g * K
+    k += row0 * (G * K) + i_g * K
+    v += row0 * (H * V) + i_h * V
+    o += row0 * (H * V) + i_h * V
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
-    p_lam = lam + rows * (H * L) + i_h * L
+    p_lam = lam + row0 * (H * L) + i_h * L + o_i * (H * L)
 
-    b_G = tl.cumsum(tl.load(g + rows * H + i_h, mask=m_t, other=0).to(tl.float32), axis=0)
+    b_G = tl.cumsum(tl.load(g + row0 * H + i_h + o_i * H, mask=m_t, other=0).to(tl.float32), axis=0)
     gb_j = tl.load(Gb + (c0 + i_j) * H + i_h)
     if USE_INITIAL_STATE:
         dec0 = exp((gb_j - tl.load(Gb + c0 * H + i_h)).to(tl.float32) + b_G)
@@ -111,8 +123,9 @@ def chunk_log_linear_attn_fwd_o_kernel(
         m_k = o_k < K
         m_qk = m_t[:, None] & m_k[None, :]
         m_kv = m_k[:, None] & m_v[None, :]
-        b_q = tl.load(q + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_qk, other=0)
-        b_k = tl.load(k + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_qk, other=0)
+        o_qk = o_i[:, None] * (G * K) + o_k[None, :]
+        b_q = tl.load(q + o_qk, mask=m_qk, other=0)
+        b_k = tl.load(k + o_qk, mask=m_qk, other=0)
         b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
         o_kv = o_k[:, None] * V + o_v[None, :]
         x = A
@@ -137,12 +150,12 @@ def chunk_log_linear_attn_fwd_o_kernel(
     # Keys of this chunk: the chunk is aligned, so levels are those of the local indices.
     lv = bit_length(o_i[:, None] ^ o_i[None, :], LOG2_BT + 1)
     causal = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
-    b_W = intra_level_weights(p_lam, lv, causal, L)
+    b_W = intra_level_weights(p_lam, lv, causal, m_t, L, LOG2_BT)
     b_D = exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
-    b_v = tl.load(v + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+    o_tv = o_i[:, None] * (H * V) + o_v[None, :]
+    b_v = tl.load(v + o_tv, mask=m_t[:, None] & m_v[None, :], other=0)
     b_o += tl.dot((b_A * b_W * b_D).to(b_v.dtype), b_v, input_precision=DOT_PREC)
-    tl.store(o + rows[:, None] * (H * V) + i_h * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
-             mask=m_t[:, None] & m_v[None, :])
+    tl.store(o + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
 
 
 @triton.jit

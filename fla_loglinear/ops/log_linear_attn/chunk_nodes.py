@@ -90,10 +90,12 @@ def chunk_fenwick_nodes_fwd_kernel(
     for e in range(e_lo, e_hi + 1):
         tok = (e - 1) * BT - r + o_i
         m_t = (tok >= 0) & (tok < T_n)
-        rows = bos + tok
-        b_k = tl.load(k + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
-        b_v = tl.load(v + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-        b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0).to(tl.float32)
+        row0 = bos + (e - 1) * BT - r  # a scalar 64-bit base; 32-bit offsets inside the tiles
+        b_k = tl.load(k + (row0 * (G * K) + i_g * K) + (o_i[:, None] * (G * K) + o_k[None, :]),
+                      mask=m_t[:, None] & m_k[None, :], other=0)
+        b_v = tl.load(v + (row0 * (H * V) + i_h * V) + (o_i[:, None] * (H * V) + o_v[None, :]),
+                      mask=m_t[:, None] & m_v[None, :], other=0)
+        b_g = tl.load(g + (row0 * H + i_h) + o_i * H, mask=m_t, other=0).to(tl.float32)
         b_G = tl.cumsum(b_g, axis=0)
         b_kd = (b_k * exp(tl.sum(b_g, axis=0) - b_G)[:, None]).to(b_k.dtype)
         b_h = tl.dot(tl.trans(b_kd), b_v, input_precision=DOT_PREC)
