@@ -276,6 +276,9 @@ def _print_table(rows: list[dict], chance: float) -> None:
     print("\n" + head)
     print("-" * len(head))
     for r in rows:
+        if "skipped" in r:
+            print(f"{r['name']:<28}{r['parameters']:>10,}  {r['skipped']}")
+            continue
         print(
             f"{r['name']:<28}{r['parameters']:>10,}{r['final_loss']:>12.3f}{r['test_loss']:>11.3f}"
             f"{r['accuracy']:>12.1%}{r['timing']['steps_per_second']:>9.1f}"
@@ -294,7 +297,7 @@ def _plot(rows: list[dict], path: Path) -> bool:
               "(pip install matplotlib, or the package's [test] extra)")
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
+    for r in (r for r in rows if "losses" in r):
         losses = torch.tensor(r["losses"])
         k = max(1, len(losses) // 50)  # a running mean keeps the curves readable at any step count
         smooth = losses.unfold(0, k, 1).mean(-1)
@@ -309,6 +312,24 @@ def _plot(rows: list[dict], path: Path) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def fla_refuses_training(arch: str, device: str) -> str | None:
+    """Why fla will not train its stock ``arch`` model on ``device`` (None when it will).
+
+    fla 0.6.0 raises in its gated backward (``chunk_bwd_dqkwg``, which the stock Gated DeltaNet
+    uses) on Hopper GPUs with triton >= 3.4.0 and < 3.7.1, a triton that miscompiles it.  This is
+    fla's own condition, read from its flags; the log-linear models do not use that kernel.
+    """
+    if arch != "gdn" or torch.device(device).type != "cuda":
+        return None
+    import fla.ops.common.chunk_o as chunk_o
+
+    if all(getattr(chunk_o, f, False) for f in ("IS_NVIDIA_HOPPER", "TRITON_ABOVE_3_4_0")) and \
+            not getattr(chunk_o, "TRITON_ABOVE_3_7_1", True):
+        return ("not trained: fla refuses its gated backward on Hopper GPUs with triton < 3.7.1 "
+                "(upgrade triton to >= 3.7.1 or pip install tilelang)")
+    return None
 
 
 def run_demo(settings: DemoSettings, output: str | Path | None = None, progress: bool = True) -> dict:
@@ -347,6 +368,12 @@ def _run(s: DemoSettings, output, progress: bool) -> dict:
         for log_linear, model in twins.items():
             name = f"{ARCH_NAMES[arch]} ({'log-linear' if log_linear else 'stock'})"
             n_params = sum(p.numel() for p in model.parameters())
+            refused = None if log_linear else fla_refuses_training(arch, s.device)
+            if refused:
+                rows.append({"name": name, "arch": arch, "log_linear": False, "parameters": n_params,
+                             "skipped": refused})
+                print(f"{name}: {refused}")
+                continue
             losses, seconds = train_model(model, train, s, desc=name, progress=progress)
             test_loss, acc = evaluate(model, test, s)
             tail = losses[-min(10, len(losses)):]

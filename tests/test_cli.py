@@ -108,6 +108,35 @@ def test_demo_plumbing_with_stub_models(monkeypatch, tmp_path):
     assert a["generate"]["generated"] == b["generate"]["generated"]
 
 
+def test_demo_skips_a_model_fla_refuses(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(demo, "build_model", _stub_build)
+    monkeypatch.setattr(demo, "log_linear_twin", _stub_twin)
+    monkeypatch.setattr(demo, "fla_refuses_training",
+                        lambda arch, device: "not trained: refused" if arch == "gdn" else None)
+    assert main(["demo", *TINY, "--output", str(tmp_path)]) == 0
+    models = json.loads((tmp_path / "results.json").read_text())["models"]
+    assert models[0]["name"] == "Gated DeltaNet (stock)" and models[0]["skipped"] == "not trained: refused"
+    assert "losses" not in models[0] and all(len(m["losses"]) == 4 for m in models[1:])
+    assert "not trained: refused" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("hopper,above_371,arch,device,refused", [
+    (True, False, "gdn", "cuda", True),
+    (True, True, "gdn", "cuda", False),
+    (False, False, "gdn", "cuda", False),
+    (True, False, "mamba2", "cuda", False),
+    (True, False, "gdn", "cpu", False),
+])
+def test_fla_refuses_training_follows_fla_flags(monkeypatch, hopper, above_371, arch, device, refused):
+    import fla.ops.common.chunk_o as chunk_o
+
+    monkeypatch.setattr(chunk_o, "IS_NVIDIA_HOPPER", hopper)
+    monkeypatch.setattr(chunk_o, "TRITON_ABOVE_3_4_0", True)
+    monkeypatch.setattr(chunk_o, "TRITON_ABOVE_3_7_1", above_371)
+    reason = demo.fla_refuses_training(arch, device)
+    assert (reason is not None) == refused and (not refused or "triton" in reason)
+
+
 def _check_results(res: dict, archs: list[str]) -> None:
     assert res["task"]["name"] == "mqar" and res["task"]["seq_len"] == 32 and res["task"]["kv_pairs"] == 4
     assert res["settings"]["archs"] == archs
