@@ -107,13 +107,15 @@ def test_bench_chunk(benchmark, T, op, mode):
     timed(benchmark, run, rounds=ROUNDS.get(op, 5))
 
 
-@pytest.mark.parametrize("op", ["ours", "fla_simple_gla"])
+@pytest.mark.parametrize("op", ["ours", "ours_new_state", "fla_simple_gla"])
 def test_bench_decode(benchmark, op):
+    """``ours`` decodes in place, as the layers do (the position is reset every call, so every call
+    is the step at 100,000); ``ours_new_state`` writes a new state, as fla's step does."""
     B, pos = 64, 100_000
     dev, bf = "cuda", torch.bfloat16
     q, k, v = (torch.randn(B, 1, H, d, device=dev, dtype=bf) for d in (K, K, V))
     g = F.logsigmoid(torch.randn(B, 1, H, device=dev) + 3.0)
-    if op == "ours":
+    if op != "fla_simple_gla":
         from fla_loglinear.ops.log_linear_attn import fused_recurrent_log_linear_attn
         L = num_levels(2 * pos)
         lam = torch.rand(B, 1, H, L, device=dev) + 0.5
@@ -121,7 +123,11 @@ def test_bench_decode(benchmark, op):
                           torch.full((B,), pos, device=dev, dtype=torch.int64))
 
         def run():
-            fused_recurrent_log_linear_attn(q, k, v, g, lam, st, True)
+            if op == "ours":
+                st.positions.fill_(pos)
+                fused_recurrent_log_linear_attn(q, k, v, g, lam, st, True, inplace_final_state=True)
+            else:
+                fused_recurrent_log_linear_attn(q, k, v, g, lam, st, True)
     else:
         from fla.ops.simple_gla import fused_recurrent_simple_gla
         h0 = torch.randn(B, H, K, V, device=dev)

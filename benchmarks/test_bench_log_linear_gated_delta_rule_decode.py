@@ -15,15 +15,17 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmark
 B, POS, H, K, V = 64, 100_000, 16, 128, 128
 
 
-@pytest.mark.parametrize("impl", ["ours", "fla"])
+@pytest.mark.parametrize("impl", ["ours", "ours_new_state", "fla"])
 def test_bench_gdn_decode(benchmark, impl):
+    """``ours`` decodes in place, as the layer does (the position is reset every call, so every call
+    is the step at 100,000); ``ours_new_state`` writes a new state, as fla's step does."""
     dev, bf = "cuda", torch.bfloat16
     q = torch.randn(B, 1, H, K, device=dev, dtype=bf)
     k = F.normalize(torch.randn(B, 1, H, K, device=dev), dim=-1).to(bf)
     v = torch.randn(B, 1, H, V, device=dev, dtype=bf)
     g = F.logsigmoid(torch.randn(B, 1, H, device=dev) + 3.0)
     beta = torch.rand(B, 1, H, device=dev).to(bf)
-    if impl == "ours":
+    if impl != "fla":
         from fla_loglinear.ops.log_linear_gated_delta_rule import fused_recurrent_log_linear_gated_delta_rule
         L = num_levels(2 * POS)
         lam = torch.rand(B, 1, H, L, device=dev) + 0.5
@@ -31,8 +33,10 @@ def test_bench_gdn_decode(benchmark, impl):
                           torch.full((B,), POS, device=dev, dtype=torch.int64))
 
         def run():
+            if impl == "ours":
+                st.positions.fill_(POS)
             fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=st,
-                                                        output_final_state=True)
+                                                        output_final_state=True, inplace_final_state=impl == "ours")
     else:
         from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
         h0 = torch.randn(B, H, K, V, device=dev) * 0.1

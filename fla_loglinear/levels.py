@@ -18,6 +18,8 @@ Moving it from ``a`` to ``b > a`` when every key of ``[a, b)`` lies in one
 bucket of ``b`` (one token, or ``b`` a chunk boundary and ``a`` inside that
 chunk) is :func:`advance_level`: every slot ``<= m`` merges into slot ``m``
 with ``m = (a ^ b).bit_length()``, and the new keys land in slot ``m`` too.
+A slot that no key of ``[0, p)`` falls in is *empty* (:func:`occupied_slots`); every op
+ignores what an empty slot holds, so decoding reads only the ``O(popcount(p))`` occupied ones.
 The same rule gives the weight a query ``t >= a`` puts on a slot ``l`` of the
 state at ``a``: ``lambda_t[min(max(l, (t ^ a).bit_length()), L - 1)]``.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "level_matrix",
     "bit_length",
     "state_slot_weights",
+    "occupied_slots",
 ]
 
 
@@ -111,3 +114,21 @@ def state_slot_weights(level_scales: torch.Tensor, t: torch.Tensor, a: torch.Ten
     idx = torch.maximum(slots, m.unsqueeze(-1)).clamp(max=L - 1)
     idx = idx.expand(level_scales.shape)
     return level_scales.gather(-1, idx)
+
+
+def occupied_slots(positions: torch.Tensor, L: int) -> torch.Tensor:
+    """``[..., L]`` bool: which slots of a Fenwick state at ``positions`` hold keys of ``[0, p)``.
+
+    Slot ``l`` in ``1 .. L - 2`` holds level ``l``, which is non-empty when bit ``l - 1`` of ``p``
+    is set; the last slot ``L - 1`` holds every level ``>= L - 1``, non-empty once
+    ``p >= 2 ** (L - 2)``; slot 0 (level 0, the query itself) is empty at rest unless ``L == 1``,
+    where it holds everything.  Computed on the device (no host sync).
+    """
+    if L < 1:
+        raise ValueError(f"the number of levels L must be >= 1, got {L}")
+    p = torch.as_tensor(positions).to(torch.int64).unsqueeze(-1)
+    slots = torch.arange(L, device=p.device)
+    shift = (slots - 1).clamp(min=0)
+    inner = (slots > 0) & (((p >> shift) & 1) == 1)
+    last = p >= (1 << shift)
+    return torch.where(slots == L - 1, last, inner)

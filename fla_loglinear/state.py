@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fla_loglinear.levels import occupied_slots
+
 __all__ = ["FenwickState"]
 
 
@@ -16,6 +18,9 @@ class FenwickState:
         states: ``[N, H, L, K, V]`` float32; slot ``l`` sums the keys whose Fenwick level
             (see :mod:`fla_loglinear.levels`) relative to query ``positions[n]`` is ``l``
             (``>= L - 1`` for the last slot), each carried through every later transition.
+            Slots that no key can be in at that position (``levels.occupied_slots``) are
+            *empty*: every op ignores what they hold (decoding never reads them), and an
+            in-place decoding step may leave stale values there.
         positions: ``[N]`` int64; tokens each sequence has consumed, i.e. the position of
             its next token.  Per sequence, so left padding and beam reordering just work.
 
@@ -36,6 +41,12 @@ class FenwickState:
     @property
     def num_levels(self) -> int:
         return self.states.shape[2]
+
+    def without_empty_slots(self) -> "FenwickState":
+        """The same state with its empty slots zeroed (differentiable; no host sync)."""
+        occ = occupied_slots(self.positions, self.num_levels).to(self.states.device)
+        mask = occ[:, None, :, None, None].to(self.states.dtype)
+        return FenwickState(self.states * mask, self.positions)
 
     def detach(self) -> "FenwickState":
         return FenwickState(self.states.detach(), self.positions.detach())

@@ -10,6 +10,7 @@ from fla_loglinear.levels import (
     level,
     level_matrix,
     num_levels,
+    occupied_slots,
     state_slot_weights,
 )
 
@@ -141,3 +142,16 @@ def test_state_slot_weights_follow_the_keys_in_each_slot():
     for i in range(3):
         for j in range(4):
             assert torch.equal(w[i, j], state_slot_weights(lam[i, j], t[i, j], a[i, j]))
+
+
+def test_occupied_slots_are_the_slots_keys_fall_in():
+    for L in range(1, 9):
+        positions = torch.arange(MAX_T)
+        got = occupied_slots(positions, L)
+        assert got.shape == (MAX_T, L)
+        for p in range(MAX_T):
+            # the keys [0, p) relative to the next query p, each in slot min(level, L - 1)
+            want = {min(brute_level(p, s), L - 1) for s in range(p)}
+            assert {l for l in range(L) if got[p, l]} == want, (p, L)
+    with pytest.raises(ValueError, match="L must be >= 1"):
+        occupied_slots(torch.tensor([3]), 0)

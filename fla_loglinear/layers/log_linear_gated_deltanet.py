@@ -10,6 +10,7 @@ from fla.layers.utils import get_layer_cache, repad_hidden_states, unpad_hidden_
 from torch.nn import functional as F
 
 from fla_loglinear.layers.level_scales import LogLinearMixin
+from fla_loglinear.ops.checks import updatable_in_place
 
 if TYPE_CHECKING:
     from fla.models.cache_utils import Cache
@@ -92,8 +93,12 @@ class LogLinearGatedDeltaNet(LogLinearMixin, GatedDeltaNet):
         q, k = (rearrange(x, "... (h d) -> ... h d", d=self.head_k_dim) for x in (q, k))
         v = rearrange(v, "... (h d) -> ... h d", d=self.head_v_dim)
 
+        initial_state = last_state["recurrent_state"] if last_state is not None else None
+        extra = {}
         if mode == "fused_recurrent":
             op = fused_recurrent_log_linear_gated_delta_rule
+            # the cache's state is ours alone: decode into it (see inplace_final_state)
+            extra["inplace_final_state"] = updatable_in_place(initial_state)
         else:
             op = chunk_log_linear_gated_delta_rule
         o, recurrent_state = op(
@@ -103,7 +108,7 @@ class LogLinearGatedDeltaNet(LogLinearMixin, GatedDeltaNet):
             g=self.a_proj(hidden_states),
             beta=self.b_proj(hidden_states),
             level_scales=self.level_proj(hidden_states),
-            initial_state=last_state["recurrent_state"] if last_state is not None else None,
+            initial_state=initial_state,
             output_final_state=use_cache,
             use_qk_l2norm_in_kernel=True,
             cu_seqlens=cu_seqlens,
@@ -113,6 +118,7 @@ class LogLinearGatedDeltaNet(LogLinearMixin, GatedDeltaNet):
             dt_bias=self.dt_bias,
             use_beta_sigmoid_in_kernel=True,
             allow_neg_eigval=self.allow_neg_eigval,
+            **extra,
         )
 
         update_layer_cache(

@@ -10,6 +10,7 @@ from fla.layers.mamba2 import Mamba2
 from fla.layers.utils import get_layer_cache, get_unpad_indices_and_cu, index_first_axis, pad_input, update_layer_cache
 
 from fla_loglinear.layers.level_scales import LogLinearMixin
+from fla_loglinear.ops.checks import updatable_in_place
 
 if TYPE_CHECKING:
     from fla.models.cache_utils import Cache
@@ -110,13 +111,21 @@ class LogLinearMamba2(LogLinearMixin, Mamba2):
                 index_first_axis(rearrange(t, "b t ... -> (b t) ..."), indices).unsqueeze(0)
                 for t in (q, k, v, g, level_scales)
             )
-        op = fused_recurrent_log_linear_attn if T == 1 and not torch.is_grad_enabled() else chunk_log_linear_attn
+        initial_state = last_state["recurrent_state"] if last_state is not None else None
+        extra = {}
+        if T == 1 and not torch.is_grad_enabled():
+            op = fused_recurrent_log_linear_attn
+            # the cache's state is ours alone: decode into it (see inplace_final_state)
+            extra["inplace_final_state"] = updatable_in_place(initial_state)
+        else:
+            op = chunk_log_linear_attn
         y, recurrent_state = op(
             q, k, v, g, level_scales,
-            initial_state=last_state["recurrent_state"] if last_state is not None else None,
+            initial_state=initial_state,
             output_final_state=use_cache,
             cu_seqlens=cu_seqlens,
             scale=1.0,
+            **extra,
         )
         if indices is not None:
             y = pad_input(y.squeeze(0), indices, B, T)

@@ -5,7 +5,8 @@ import torch
 
 from fla_loglinear.state import FenwickState
 
-__all__ = ["check_rank", "check_same_device", "check_float_dtypes", "check_cu_seqlens", "check_state", "check_heads"]
+__all__ = ["check_rank", "check_same_device", "check_float_dtypes", "check_cu_seqlens", "check_state", "check_heads",
+           "check_inplace_state", "finish_inplace", "updatable_in_place"]
 
 
 def check_rank(name: str, x: torch.Tensor, ndim: int, layout: str) -> None:
@@ -92,3 +93,33 @@ def check_state(
         dev = getattr(state, field).device
         if dev != device:
             raise ValueError(f"{name}.{field} is on {dev} but the inputs are on {device}")
+
+
+def updatable_in_place(state: FenwickState | None) -> bool:
+    """Whether ``inplace_final_state=True`` accepts ``state`` (every state the ops return does)."""
+    return (state is not None and state.states.dtype == torch.float32 and state.states.is_contiguous()
+            and state.positions.dtype == torch.int64)
+
+
+def check_inplace_state(state: FenwickState | None) -> None:
+    """``inplace_final_state=True`` writes the final state into ``state``'s own tensors."""
+    if updatable_in_place(state):
+        return
+    if state is None:
+        raise ValueError("inplace_final_state=True needs an initial_state to update, got None")
+    if state.states.dtype != torch.float32 or not state.states.is_contiguous():
+        raise ValueError(
+            "inplace_final_state=True needs initial_state.states to be a contiguous float32 tensor (the "
+            f"states the ops return), got {state.states.dtype}, contiguous={state.states.is_contiguous()}"
+        )
+    if state.positions.dtype != torch.int64:
+        raise TypeError(f"inplace_final_state=True needs int64 initial_state.positions, got {state.positions.dtype}")
+
+
+def finish_inplace(state: FenwickState, final: FenwickState | None, lengths: torch.Tensor) -> FenwickState:
+    """Makes ``state`` the final state: ``final``'s values copied in (paths that computed a new
+    one), and its positions advanced by ``lengths`` on the device."""
+    if final is not None:
+        state.states.copy_(final.states)
+    state.positions.add_(lengths.to(state.positions.device, torch.int64))
+    return state

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from fla_loglinear.ops.checks import updatable_in_place
 from fla_loglinear.state import FenwickState
 
 __all__ = ["fla_chunk_log_linear_attn"]
@@ -43,6 +44,11 @@ def fla_chunk_log_linear_attn(
         )
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    op = fused_recurrent_log_linear_attn if q.shape[1] == 1 and not torch.is_grad_enabled() else chunk_log_linear_attn
-    return op(q, k, v, g, level_scales, initial_state=initial_state, output_final_state=output_final_state,
-              cu_seqlens=cu_seqlens, scale=scale)
+    if q.shape[1] == 1 and not torch.is_grad_enabled():
+        # the cache's state is ours alone: decode into it (see inplace_final_state)
+        return fused_recurrent_log_linear_attn(
+            q, k, v, g, level_scales, initial_state=initial_state, output_final_state=output_final_state,
+            cu_seqlens=cu_seqlens, scale=scale, inplace_final_state=updatable_in_place(initial_state),
+        )
+    return chunk_log_linear_attn(q, k, v, g, level_scales, initial_state=initial_state,
+                                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, scale=scale)

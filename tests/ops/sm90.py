@@ -8,6 +8,7 @@ They must run without ``TRITON_INTERPRET``, so the tests call them in a subproce
     python -m tests.ops.sm90 hopper-mma-widths   # GDN kernels: {kernel and shape: wgmma N widths}
     python -m tests.ops.sm90 scalar-kernels      # scalar op: every kernel at two configurations
     python -m tests.ops.sm90 scalar-resources    # registers and spills (ptxas -v), benchmark shape
+    python -m tests.ops.sm90 decode-kernels      # both decode kernels, new state and in place
 
 The last one is a tool, not a test: the scalar kernels' speed on the H200 tracked their register
 pressure (one program per SM at 255 registers), and ptxas reports it without a GPU.
@@ -169,6 +170,26 @@ def scalar_resources() -> dict:
             for fn, consts, ptrs, num_warps in scalar_launches(128, 128, torch.bfloat16, states=False)}
 
 
+def decode_kernels() -> list[str]:
+    """Both variants' decode kernels lowered at the benchmark shape (K = V = 128, bf16, L = 18),
+    writing a new state and in place."""
+    from fla_loglinear.ops.log_linear_attn import fused_recurrent as scalar
+    from fla_loglinear.ops.log_linear_gated_delta_rule import fused_recurrent as gdn
+
+    names = []
+    ptrs = {n: "bf16" for n in ("q", "k", "v", "o", "beta")}
+    ptrs.update(seq_bos="i64", seq_len="i64", pos0="i64", pos="i64", cu_seqlens="i64")
+    for inplace in (False, True):
+        lower(scalar.fused_recurrent_log_linear_attn_fwd_kernel,
+              dict(H=16, G=16, K=128, V=128, L=18, BK=128, BV=32, USE_INITIAL_STATE=True, INPLACE=inplace,
+                   POS_BITS=scalar.POS_BITS), {"scale": "fp32"}, ptrs, 4)
+        lower(gdn.fused_recurrent_fwd_kernel,
+              dict(H=16, HV=16, K=128, V=128, L=18, BK=128, BV=32, IS_VARLEN=False, HAS_H0=True, INPLACE=inplace),
+              {"scale": "fp32", "T": "i32", "S_K": "i32", "S_V": "i32"}, ptrs, 4)
+        names += [f"scalar decode inplace={inplace}", f"gdn decode inplace={inplace}"]
+    return names
+
+
 def run_uninterpreted(driver: str):
     """Runs ``driver`` in a subprocess without the interpreter; returns its JSON result."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -180,7 +201,7 @@ def run_uninterpreted(driver: str):
 
 
 DRIVERS = {"hopper-mma-widths": hopper_mma_widths, "scalar-kernels": scalar_kernels,
-           "scalar-resources": scalar_resources}
+           "scalar-resources": scalar_resources, "decode-kernels": decode_kernels}
 
 if __name__ == "__main__":
     print(json.dumps(DRIVERS[sys.argv[1]]()))

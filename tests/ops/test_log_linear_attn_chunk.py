@@ -21,6 +21,7 @@ from fla_loglinear.ops.log_linear_attn import (
 )
 from fla_loglinear.state import FenwickState
 from tests.ops.sm90 import SCALAR_CONFIGS, run_uninterpreted
+from tests.ops.states import empty_slots, with_junk_in_empty_slots
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
@@ -178,6 +179,17 @@ def test_chunk_continuation_cpu():
     assert_rel("o", o_full, torch.cat([o1, o2], 1), 1e-5)
     assert torch.equal(st2.positions, st_full.positions)
     assert_rel("final_state", st_full.states, st2.states, 1e-5)
+    # the states the op returns hold nothing in their empty slots, and it ignores what a caller's do
+    for st in (st1, st2):
+        assert (st.states[empty_slots(st.positions, 7)[:, None, :, None, None].expand_as(st.states)] == 0).all()
+    junk = with_junk_in_empty_slots(st1)
+    junk.states.requires_grad_(True)
+    o3, st3 = tri(q[:, cut:], k[:, cut:], v[:, cut:], g[:, cut:], lam[:, cut:], junk, True)
+    assert_rel("o from a state with junk in its empty slots", o2, o3, 1e-6)
+    assert_rel("final state from it", st2.states, st3.states, 1e-6)
+    (o3.square().sum() + st3.states.sum()).backward()
+    grad_empty = junk.states.grad.masked_select(empty_slots(junk.positions, 7)[:, None, :, None, None])
+    assert grad_empty.numel() > 0 and (grad_empty == 0).all()
 
 
 @cpu_only

@@ -9,6 +9,8 @@ from fla_loglinear.ops.log_linear_attn import (
     naive_recurrent_log_linear_attn,
 )
 from fla_loglinear.state import FenwickState
+from tests.ops.sm90 import run_uninterpreted
+from tests.ops.states import occupied_part, with_junk_in_empty_slots
 from tests.ops.test_log_linear_attn_chunk import make_inputs
 
 CUDA = torch.cuda.is_available()
@@ -69,10 +71,41 @@ def test_decode_continues_chunk_prefill():
     xs, _ = make_inputs(2, T + steps, 1, 2, 16, 16, L, device=DEVICE, seed=5)
     kw = {} if CUDA else dict(_use_triton=True, _chunk_size=16)
     _, st = chunk_log_linear_attn(*(x[:, :T] for x in xs), None, True, **kw)
-    o, st = decode(*(x[:, T:] for x in xs), st, True)
     ro, rst = naive_recurrent_log_linear_attn(*(x.double() for x in xs), None, True)
+    # in place, from a state whose empty slots hold junk (ignored): the state object itself advances
+    junk = with_junk_in_empty_slots(st)
+    tokens = [x[:, T:] for x in xs]
+    o_in = torch.cat([decode(*(x[:, i:i + 1] for x in tokens), junk, False, inplace_final_state=True)[0]
+                      for i in range(steps)], 1)
+    o, st = decode(*tokens, st, True)
     assert rel_err(ro[:, T:], o) < 2e-5
     assert rel_err(rst.states, st.states) < 2e-5
+    assert rel_err(ro[:, T:], o_in) < 2e-5
+    assert junk.positions.tolist() == [T + steps] * 2
+    assert rel_err(rst.states, occupied_part(junk.states, junk.positions)) < 2e-5
+
+
+@pytest.mark.parametrize("use_triton", [True, False])
+def test_decode_in_place_returns_the_initial_state(use_triton):
+    positions = [3, 64, 1000]
+    xs, state = make_inputs(3, 2, 1, 2, 16, 16, 6, device=DEVICE, positions=positions, seed=6)
+    ro, rst = reference(xs, state)
+    st = FenwickState(state.states.clone(), state.positions.clone())
+    o, out = fused_recurrent_log_linear_attn(*xs, st, True, inplace_final_state=True, _use_triton=use_triton)
+    assert out is st and st.positions.tolist() == [p + 2 for p in positions]
+    assert rel_err(ro, o) < 2e-5
+    assert rel_err(rst.states, occupied_part(st.states, st.positions)) < 2e-5
+
+
+def test_decode_in_place_needs_a_float32_state():
+    xs, state = make_inputs(1, 1, 1, 1, 16, 16, 3, device=DEVICE, positions=[4])
+    with pytest.raises(ValueError, match="needs an initial_state"):
+        decode(*xs, None, True, inplace_final_state=True)
+    half = FenwickState(state.states.half(), state.positions)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        decode(*xs, half, True, inplace_final_state=True)
+    with pytest.raises(TypeError, match="int64"):
+        decode(*xs, FenwickState(state.states, state.positions.int()), True, inplace_final_state=True)
 
 
 def test_decode_refuses_grad():
@@ -82,6 +115,11 @@ def test_decode_refuses_grad():
         decode(*xs, state, True)
     with torch.no_grad():
         decode(*xs, state, True)
+
+
+def test_decode_kernels_lower_for_hopper():
+    """Both decode kernels (this op's and the GDN one), new state and in place, compile for sm_90."""
+    assert len(run_uninterpreted("decode-kernels")) == 4
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
@@ -100,3 +138,9 @@ def test_decode_cuda_large_positions(dtype):
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
     assert rel_err(ro, torch.cat(outs, 1)) < tol
     assert rel_err(rst.states, st.states) < tol
+    # in place (the layers' decoding), from the state with junk in its empty slots
+    junk = with_junk_in_empty_slots(state)
+    outs = [fused_recurrent_log_linear_attn(*(x[:, i:i + 1] for x in xs_d), junk, False, inplace_final_state=True)[0]
+            for i in range(3)]
+    assert rel_err(ro, torch.cat(outs, 1)) < tol
+    assert rel_err(rst.states, occupied_part(junk.states, junk.positions)) < tol

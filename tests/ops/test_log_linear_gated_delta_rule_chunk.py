@@ -16,6 +16,7 @@ from fla_loglinear.ops.log_linear_gated_delta_rule import (
     naive_recurrent_log_linear_gated_delta_rule,
 )
 from fla_loglinear.state import FenwickState
+from tests.ops.states import empty_slots, with_junk_in_empty_slots
 from tests.ops.sm90 import MMA_HEAD_DIMS, run_uninterpreted
 
 CUDA = torch.cuda.is_available()
@@ -134,6 +135,17 @@ def test_continuation_is_exact(split):
     assert_close(torch.cat([o1, o2], 1), o, 1e-5, "o")
     assert_close(s2.states, st.states, 1e-5, "final states")
     assert s2.positions.tolist() == [150, 150]
+    # returned states hold nothing in their empty slots; a caller's junk there is ignored
+    for s in (s1, s2):
+        assert (s.states.masked_select(empty_slots(s.positions, 5)[:, None, :, None, None]) == 0).all()
+    junk = with_junk_in_empty_slots(s1)
+    junk.states.requires_grad_(True)
+    o3, s3 = chunk_log_linear_gated_delta_rule(*tail, initial_state=junk, output_final_state=True, _force_triton=True)
+    assert_close(o3, o2, 1e-6, "o from a state with junk in its empty slots")
+    assert_close(s3.states, s2.states, 1e-6, "final states from it")
+    (o3.square().sum() + s3.states.sum()).backward()
+    grad_empty = junk.states.grad.masked_select(empty_slots(junk.positions, 5)[:, None, :, None, None])
+    assert grad_empty.numel() > 0 and (grad_empty == 0).all()
 
 
 def reference_preprocess(q, k, g, beta, l2norm, sigmoid, neg, A_log, dt_bias):

@@ -9,6 +9,7 @@ from fla_loglinear.ops.log_linear_gated_delta_rule import (
     naive_recurrent_log_linear_gated_delta_rule,
 )
 from fla_loglinear.state import FenwickState
+from tests.ops.states import occupied_part, with_junk_in_empty_slots
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -108,6 +109,34 @@ def test_decode_continues_the_chunked_op():
                                                               _force_triton=True)
         outs.append(o_t)
     assert_close(torch.cat(outs, 1), o[:, 71:], 1e-5, "decoded o")
+    # in place, from the prefill state with junk in its empty slots (ignored)
+    _, st = chunk_log_linear_gated_delta_rule(*[x[:, :71] for x in (q, k, v, g, beta, lam)],
+                                              output_final_state=True, _force_triton=True)
+    junk = with_junk_in_empty_slots(st)
+    for force in (True, False):  # the kernel, then the reference the CPU runs
+        s = FenwickState(junk.states.clone(), junk.positions.clone())
+        outs = [fused_recurrent_log_linear_gated_delta_rule(*[x[:, t:t + 1] for x in (q, k, v, g, beta, lam)],
+                                                            initial_state=s, inplace_final_state=True,
+                                                            _force_triton=force)[0] for t in range(71, 75)]
+        assert_close(torch.cat(outs, 1), o[:, 71:], 1e-5, f"decoded o in place (triton={force})")
+        assert s.positions.tolist() == [75, 75]
+
+
+def test_decode_in_place_state_v_first():
+    q, k, v, g, beta, lam = make_inputs(2, 3, 1, 2, 16, 32, 5)
+    h0 = random_state(2, 2, 5, 16, 32, [6, 40])
+    ro, rst = fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0,
+                                                          output_final_state=True, _force_triton=True)
+    vf = FenwickState(h0.states.transpose(-1, -2).contiguous(), h0.positions.clone())
+    o, out = fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=vf,
+                                                         output_final_state=True, state_v_first=True,
+                                                         inplace_final_state=True, _force_triton=True)
+    assert out.states.data_ptr() == vf.states.data_ptr() and vf.positions.tolist() == [9, 43]
+    assert_close(o, ro, 1e-5, "o")
+    assert_close(occupied_part(vf.states.transpose(-1, -2), vf.positions), rst.states, 1e-5, "states")
+    with pytest.raises(ValueError, match="needs an initial_state"):
+        fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, inplace_final_state=True,
+                                                    _force_triton=True)
 
 
 def test_decode_is_forward_only():
@@ -139,3 +168,10 @@ def test_gpu_decode(dtype, tol, K):
     assert_close(o, ro, tol, "o")
     assert_close(st.states, rst.states, tol, "states")
     assert torch.equal(st.positions, rst.positions)
+    # in place (the layers' decoding), from h0 with junk in its empty slots
+    junk = with_junk_in_empty_slots(h0)
+    o_in, _ = fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=junk,
+                                                          inplace_final_state=True)
+    assert_close(o_in, ro, tol, "o in place")
+    assert_close(occupied_part(junk.states, junk.positions), rst.states, tol, "states in place")
+    assert torch.equal(junk.positions, rst.positions)

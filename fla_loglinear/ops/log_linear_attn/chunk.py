@@ -298,7 +298,7 @@ def chunk_log_linear_attn(
         )
     h0 = positions = None
     if initial_state is not None:
-        h0, positions = initial_state.states, initial_state.positions
+        h0, positions = initial_state.without_empty_slots().states, initial_state.positions
     o, ht = ChunkLogLinearAttnFunction.apply(
         q, k, v, g, level_scales, h0, positions, output_final_state, cu_seqlens, scale, _chunk_size, _scan_segment
     )

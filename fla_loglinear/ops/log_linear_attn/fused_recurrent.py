@@ -12,10 +12,10 @@ import triton.language as tl
 
 from fla.ops.utils.op import exp
 
-from fla_loglinear.ops.checks import check_state
+from fla_loglinear.ops.checks import check_inplace_state, check_state, finish_inplace
 from fla_loglinear.ops.log_linear_attn.args import check_log_linear_attn_args
 from fla_loglinear.ops.log_linear_attn.naive import naive_recurrent_log_linear_attn
-from fla_loglinear.ops.log_linear_attn.triton_levels import bit_length
+from fla_loglinear.ops.log_linear_attn.triton_levels import bit_length, slot_occupied
 from fla_loglinear.ops.triton_env import use_triton
 from fla_loglinear.state import FenwickState
 
@@ -28,10 +28,13 @@ POS_BITS = 48
 def fused_recurrent_log_linear_attn_step(
     q, k, v, g, lam, src, dst, o, row, p, i_n, i_h, i_g, o_k, o_v, m_k, m_v, scale,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, HAS_SRC: tl.constexpr, POS_BITS: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, HAS_SRC: tl.constexpr, WRITE_ALL: tl.constexpr, POS_BITS: tl.constexpr,
 ):
     # Token p: decay every slot, write k v^T into slot 0, read all slots, then move to p + 1:
-    # slots <= m = levels.advance_level(p, p + 1) merge into slot min(m, L - 1).
+    # slots <= m = levels.advance_level(p, p + 1) merge into slot min(m, L - 1).  Slots empty at
+    # p are neither read (whatever they hold is ignored) nor, unless WRITE_ALL, written: only the
+    # occupied ones and the merge target can hold keys at p + 1, which is what bounds the bytes a
+    # step moves by the popcount of p instead of L.
     m_kv = m_k[:, None] & m_v[None, :]
     b_q = tl.load(q + (row * G + i_g) * K + o_k, mask=m_k, other=0).to(tl.float32)
     b_k = tl.load(k + (row * G + i_g) * K + o_k, mask=m_k, other=0).to(tl.float32)
@@ -42,23 +45,25 @@ def fused_recurrent_log_linear_attn_step(
     b_o = tl.zeros([BV], dtype=tl.float32)
     b_M = tl.zeros([BK, BV], dtype=tl.float32)
     for l in range(L):
+        occ = slot_occupied(p, l, L)
         p_s = ((i_n * H + i_h) * L + l) * (K * V) + o_k[:, None] * V + o_v[None, :]
         if HAS_SRC:
             # .cg: the previous step's stores (after a barrier) are in L2
-            b_S = tl.load(src + p_s, mask=m_kv, other=0, cache_modifier=".cg").to(tl.float32) * b_decay
+            b_S = tl.load(src + p_s, mask=m_kv & occ, other=0, cache_modifier=".cg").to(tl.float32) * b_decay
         else:
             b_S = tl.zeros([BK, BV], dtype=tl.float32)
         if l == 0:
             b_S += b_k[:, None] * b_v[None, :]
         b_o += tl.load(lam + (row * H + i_h) * L + l).to(tl.float32) * tl.sum(b_S * b_q[:, None], axis=0)
+        m_w = m_kv & (WRITE_ALL | occ | (l == tgt))
         if l <= m:
             b_M += b_S
             if l == tgt:
-                tl.store(dst + p_s, b_M, mask=m_kv)
+                tl.store(dst + p_s, b_M, mask=m_w)
             else:
-                tl.store(dst + p_s, tl.zeros([BK, BV], dtype=tl.float32), mask=m_kv)
+                tl.store(dst + p_s, tl.zeros([BK, BV], dtype=tl.float32), mask=m_w)
         else:
-            tl.store(dst + p_s, b_S, mask=m_kv)
+            tl.store(dst + p_s, b_S, mask=m_w)
     tl.store(o + (row * H + i_h) * V + o_v, (b_o * scale).to(o.dtype.element_ty), mask=m_v)
 
 
@@ -66,7 +71,8 @@ def fused_recurrent_log_linear_attn_step(
 def fused_recurrent_log_linear_attn_fwd_kernel(
     q, k, v, g, lam, h0, ht, o, seq_bos, seq_len, pos0, scale,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, POS_BITS: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, INPLACE: tl.constexpr,
+    POS_BITS: tl.constexpr,
 ):
     i_nh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -77,20 +83,21 @@ def fused_recurrent_log_linear_attn_fwd_kernel(
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
-    # The first token reads the caller's state, the later ones the state this program wrote.
+    # The first token reads the caller's state, the later ones the state this program wrote.  A
+    # new ht gets every slot from the first step (zeros in the empty ones); in place, h0 is ht.
     fused_recurrent_log_linear_attn_step(
         q, k, v, g, lam, h0, ht, o, bos, p0, i_n, i_h, i_g, o_k, o_v, m_k, m_v, scale,
-        H, G, K, V, L, BK, BV, USE_INITIAL_STATE, POS_BITS,
+        H, G, K, V, L, BK, BV, USE_INITIAL_STATE, not INPLACE, POS_BITS,
     )
     for t in range(1, T_n):
         tl.debug_barrier()
         fused_recurrent_log_linear_attn_step(
             q, k, v, g, lam, ht, ht, o, bos + t, p0 + t, i_n, i_h, i_g, o_k, o_v, m_k, m_v, scale,
-            H, G, K, V, L, BK, BV, True, POS_BITS,
+            H, G, K, V, L, BK, BV, True, False, POS_BITS,
         )
 
 
-def fused_recurrent_log_linear_attn_fwd(q, k, v, g, level_scales, h0, pos0, seq_bos, seq_len, scale):
+def fused_recurrent_log_linear_attn_fwd(q, k, v, g, level_scales, h0, pos0, seq_bos, seq_len, scale, inplace=False):
     G, K = q.shape[-2:]
     H, V = v.shape[-2:]
     L = level_scales.shape[-1]
@@ -98,11 +105,12 @@ def fused_recurrent_log_linear_attn_fwd(q, k, v, g, level_scales, h0, pos0, seq_
     BK = triton.next_power_of_2(K)
     BV = min(triton.next_power_of_2(V), max(16, 4096 // BK))
     o = torch.empty_like(v)
-    ht = torch.empty(N, H, L, K, V, dtype=torch.float32, device=q.device)
+    ht = h0 if inplace else torch.empty(N, H, L, K, V, dtype=torch.float32, device=q.device)
     # without a state the first step never reads its source; ht only stands in for the pointer
     fused_recurrent_log_linear_attn_fwd_kernel[(N * H, triton.cdiv(V, BV))](
         q, k, v, g, level_scales, ht if h0 is None else h0, ht, o, seq_bos, seq_len, pos0, scale,
-        H=H, G=G, K=K, V=V, L=L, BK=BK, BV=BV, USE_INITIAL_STATE=h0 is not None, POS_BITS=POS_BITS,
+        H=H, G=G, K=K, V=V, L=L, BK=BK, BV=BV, USE_INITIAL_STATE=h0 is not None, INPLACE=inplace,
+        POS_BITS=POS_BITS,
     )
     return o, ht
 
@@ -117,6 +125,7 @@ def fused_recurrent_log_linear_attn(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     scale: float | None = None,
+    inplace_final_state: bool = False,
     *,
     _use_triton: bool = False,
 ) -> tuple[torch.Tensor, FenwickState | None]:
@@ -142,6 +151,11 @@ def fused_recurrent_log_linear_attn(
         output_final_state: also return the state after the new tokens.
         cu_seqlens: ``[N + 1]`` packed offsets of the new tokens (``B == 1``).
         scale: score scale; ``None`` means ``K ** -0.5``.
+        inplace_final_state: write the final state into ``initial_state`` itself (its float32
+            ``states`` and int64 ``positions`` tensors; ``output_final_state`` then returns that
+            same object).  The layers decode this way: a step then touches only the slots that
+            are occupied at the position (``levels.occupied_slots``) and the one it merges
+            into, about ``popcount(p) + 1`` of the ``L``, instead of rewriting all of them.
 
     Returns:
         ``(o, final_state)``: ``o`` ``[B, T, H, V]`` in ``v.dtype``; ``final_state`` a float32
@@ -153,6 +167,8 @@ def fused_recurrent_log_linear_attn(
     # The state is checked without reading its positions back (no host synchronisation).
     B, T, G, H, K, V, L, N = check_log_linear_attn_args(q, k, v, g, level_scales, None, cu_seqlens)
     check_state("initial_state", initial_state, N, H, L, K, V, q.device)
+    if inplace_final_state:
+        check_inplace_state(initial_state)
     if torch.is_grad_enabled() and any(
         x is not None and x.requires_grad
         for x in (q, k, v, g, level_scales, None if initial_state is None else initial_state.states)
@@ -163,9 +179,13 @@ def fused_recurrent_log_linear_attn(
         )
     scale = K ** -0.5 if scale is None else float(scale)
     if not use_triton(q, _use_triton):
-        return naive_recurrent_log_linear_attn(
-            q, k, v, g, level_scales, initial_state, output_final_state, cu_seqlens, scale
+        o, final = naive_recurrent_log_linear_attn(
+            q, k, v, g, level_scales, initial_state, output_final_state or inplace_final_state, cu_seqlens, scale
         )
+        if inplace_final_state:
+            lengths = torch.full((N,), T) if cu_seqlens is None else cu_seqlens.diff()
+            final = finish_inplace(initial_state, final, lengths)
+        return o, (final if output_final_state else None)
     device = q.device
     if cu_seqlens is None:
         seq_bos = torch.arange(B, device=device, dtype=torch.int64) * T
@@ -178,5 +198,11 @@ def fused_recurrent_log_linear_attn(
     else:
         h0, pos0 = initial_state.states.float().contiguous(), initial_state.positions.to(torch.int64).contiguous()
     q, k, v, g, level_scales = (x.contiguous() for x in (q, k, v, g, level_scales))
-    o, ht = fused_recurrent_log_linear_attn_fwd(q, k, v, g, level_scales, h0, pos0, seq_bos, seq_len, scale)
-    return o, (FenwickState(ht, pos0 + seq_len) if output_final_state else None)
+    o, ht = fused_recurrent_log_linear_attn_fwd(
+        q, k, v, g, level_scales, h0, pos0, seq_bos, seq_len, scale, inplace_final_state
+    )
+    if inplace_final_state:
+        final = finish_inplace(initial_state, None, seq_len)
+    else:
+        final = FenwickState(ht, pos0 + seq_len)
+    return o, (final if output_final_state else None)

@@ -171,7 +171,7 @@ def naive_recurrent_log_linear_attn(
     if initial_state is None:
         S = q.new_zeros(N, H, L, K, V, dtype=dt)
     else:
-        S = initial_state.states.to(dt)
+        S = initial_state.without_empty_slots().states.to(dt)
     outs = []
     for i in range(Tm):
         S = S * gp[:, i].exp()[:, :, None, None, None]
@@ -272,7 +272,7 @@ def naive_chunk_log_linear_attn(
     if initial_state is None:
         S = q.new_zeros(N, G, R, L, K, V, dtype=dt)
     else:
-        S = initial_state.states.to(dt).reshape(N, G, R, L, K, V)
+        S = initial_state.without_empty_slots().states.to(dt).reshape(N, G, R, L, K, V)
     states = []
     for c in range(NC):
         states.append(S)

@@ -21,3 +21,12 @@ def trailing_zeros(x, NBITS: tl.constexpr):
     """Number of trailing zero bits of ``x >= 1``: a chunk boundary ``x`` ends the Fenwick node of
     chunk level ``trailing_zeros(x) + 1`` (the ``2 ** trailing_zeros(x)`` chunks before ``x``)."""
     return bit_length(x & (-x), NBITS) - 1
+
+
+@triton.jit
+def slot_occupied(p, l, L: tl.constexpr):
+    """``levels.occupied_slots`` for slot ``l`` of a state at position ``p`` (a scalar int64)."""
+    shift = tl.maximum(l - 1, 0)
+    last = p >= ((p * 0 + 1) << shift)
+    inner = (l > 0) & (((p >> shift) & 1) == 1)
+    return tl.where(l == L - 1, last, inner)

@@ -88,7 +88,7 @@ def chunk_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale,
     # the sweep's matmuls run in the input precision, as fla's chunk kernels do
     mm_dtype = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32
     qe, w, kd, u = (x.to(mm_dtype) for x in (qe, w, kd, u))
-    h0 = None if initial_state is None else initial_state.states
+    h0 = None if initial_state is None else initial_state.without_empty_slots().states
     meta = (layout.chunk_offsets, layout.pos_start, layout.pos_end, N, L)
     o_inter, ht = chunk_inter(qe, w, kd, u, gamma.float(), omega.float(), h0, meta)
     o = from_chunks(o_intra + o_inter.to(acc), layout, B, T).to(v.dtype)

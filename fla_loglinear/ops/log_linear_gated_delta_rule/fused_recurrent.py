@@ -5,6 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fla_loglinear.ops.checks import check_inplace_state, finish_inplace
+from fla_loglinear.ops.log_linear_attn.triton_levels import slot_occupied
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import state_in, state_out, use_kernels
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import _merge_slot
@@ -19,7 +21,7 @@ __all__ = ["fused_recurrent_log_linear_gated_delta_rule"]
 def fused_recurrent_fwd_kernel(
     q, k, v, g, beta, lam, o, h0, h, pos, cu_seqlens, scale, T, S_K, S_V,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, INPLACE: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hv = i_nh // HV, i_nh % HV
@@ -53,14 +55,19 @@ def fused_recurrent_fwd_kernel(
         b_o = tl.zeros([BV], dtype=tl.float32)
         b_acc = tl.zeros([BK, BV], dtype=tl.float32)
         for l in range(L):
+            # Slots empty at p are neither read (what they hold is ignored) nor, except for the
+            # first token's writes into a new h, written: only the occupied ones and the merge
+            # target hold keys at p + 1, so a step moves about popcount(p) + 1 slots, not L.
+            occ = slot_occupied(p, l, L)
+            m_w = m_kv & (occ | (l == mm) | ((t == 0) & (not INPLACE)))
             # the first token reads the caller's state, so it is never copied
             if t == 0:
                 if HAS_H0:
-                    b_s = tl.load(h0 + o_h + l * K * V, mask=m_kv, other=0.).to(tl.float32)
+                    b_s = tl.load(h0 + o_h + l * K * V, mask=m_kv & occ, other=0.).to(tl.float32)
                 else:
                     b_s = tl.zeros([BK, BV], dtype=tl.float32)
             else:
-                b_s = tl.load(p_h + l * K * V, mask=m_kv, other=0.)
+                b_s = tl.load(p_h + l * K * V, mask=m_kv & occ, other=0.)
             # A_p S = e^g (S - beta k (k^T S)); the token's write goes to slot 0
             b_ks = tl.sum(b_k[:, None] * b_s, 0)
             b_s = b_eg * (b_s - b_beta * b_k[:, None] * b_ks[None, :])
@@ -71,11 +78,11 @@ def fused_recurrent_fwd_kernel(
             # advance to p + 1: slots <= mm merge into slot mm
             if l < mm:
                 b_acc += b_s
-                tl.store(p_h + l * K * V, tl.zeros([BK, BV], dtype=tl.float32), mask=m_kv)
+                tl.store(p_h + l * K * V, tl.zeros([BK, BV], dtype=tl.float32), mask=m_w)
             elif l == mm:
-                tl.store(p_h + l * K * V, b_acc + b_s, mask=m_kv)
+                tl.store(p_h + l * K * V, b_acc + b_s, mask=m_w)
             else:
-                tl.store(p_h + l * K * V, b_s, mask=m_kv)
+                tl.store(p_h + l * K * V, b_s, mask=m_w)
         tl.store(o + (i_t * HV + i_hv) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
         p += 1
         # the next token reads slots other threads just wrote
@@ -83,7 +90,7 @@ def fused_recurrent_fwd_kernel(
 
 
 def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale, initial_state,
-                                                    state_v_first, cu_seqlens, N):
+                                                    state_v_first, cu_seqlens, N, inplace=False):
     B, T, H, K = q.shape
     HV, V, L = v.shape[2], v.shape[3], level_scales.shape[-1]
     if initial_state is None:
@@ -92,8 +99,12 @@ def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scal
         states, positions = initial_state.states, initial_state.positions.to(torch.int64)
     # work in the caller's layout: [N, HV, L, K, V] or, with state_v_first, [N, HV, L, V, K]
     h0 = None if initial_state is None else (states.transpose(-1, -2) if state_v_first else states).contiguous()
-    buf = torch.empty(N, HV, L, V, K, dtype=torch.float32, device=q.device) if state_v_first \
-        else torch.empty(N, HV, L, K, V, dtype=torch.float32, device=q.device)
+    if inplace:  # the caller's contiguous float32 tensor (check_inplace_state), so h0 is it
+        buf = h0
+    elif state_v_first:
+        buf = torch.empty(N, HV, L, V, K, dtype=torch.float32, device=q.device)
+    else:
+        buf = torch.empty(N, HV, L, K, V, dtype=torch.float32, device=q.device)
     s_k, s_v = (1, K) if state_v_first else (V, 1)
     o = torch.empty(B, T, HV, V, dtype=v.dtype, device=q.device)
     BK = max(16, triton.next_power_of_2(K))
@@ -102,6 +113,7 @@ def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scal
     fused_recurrent_fwd_kernel[(triton.cdiv(V, BV), N * HV)](
         q, k, v, g, beta, level_scales, o, h0, buf, positions, cu_seqlens, scale, T, s_k, s_v,
         H=H, HV=HV, K=K, V=V, L=L, BK=BK, BV=BV, IS_VARLEN=cu_seqlens is not None, HAS_H0=h0 is not None,
+        INPLACE=inplace,
         num_warps=4,
     )
     lengths = torch.full_like(positions, T) if cu_seqlens is None else (cu_seqlens[1:] - cu_seqlens[:-1]).long()
@@ -122,6 +134,7 @@ def fused_recurrent_log_linear_gated_delta_rule(
     output_final_state: bool = False,
     use_qk_l2norm_in_kernel: bool = False,
     cu_seqlens: torch.LongTensor | None = None,
+    inplace_final_state: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, FenwickState | None]:
     r"""Log-linear Gated DeltaNet, token by token: decoding from a :class:`FenwickState`.
@@ -133,6 +146,11 @@ def fused_recurrent_log_linear_gated_delta_rule(
     recomputation of earlier tokens).  Per token: every slot goes through
     ``A_p = e^{g_p} (I - beta_p k_p k_p^T)``, ``beta_p k_p v_p^T`` enters slot 0,
     ``o_p = scale * sum_l lambda_p[l] q_p^T S_l``, then slots ``<= advance_level(p, p + 1)`` merge.
+
+    ``inplace_final_state=True`` writes the final state into ``initial_state``'s own float32
+    ``states`` and int64 ``positions`` (``output_final_state`` then returns that object): the
+    layer decodes this way, so that a step touches only the slots occupied at its position
+    (``levels.occupied_slots``) and the one it merges into, not all ``L``.
 
     Forward only (decoding): raises on every device if a gradient is required; train with the chunked op.
     CUDA runs the Triton kernel; CPU runs ``naive_recurrent_log_linear_gated_delta_rule``.
@@ -149,18 +167,24 @@ def fused_recurrent_log_linear_gated_delta_rule(
     B, T, H, HV, K, V, L, N = check_log_linear_gated_delta_rule_args(
         q, k, v, g, beta, level_scales, initial_state=state, cu_seqlens=cu_seqlens
     )
+    if inplace_final_state:
+        check_inplace_state(initial_state)
     if scale is None:
         scale = K ** -0.5
     triton_path = use_kernels(q, opts.force_triton, K, L)
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
     if triton_path:
         o, final = fused_recurrent_log_linear_gated_delta_rule_fwd(
-            q, k, v, g, beta, level_scales, scale, state, opts.state_v_first, cu_seqlens, N
+            q, k, v, g, beta, level_scales, scale, state, opts.state_v_first, cu_seqlens, N, inplace_final_state
         )
-        final = final if output_final_state else None
     else:
         o, final = naive_recurrent_log_linear_gated_delta_rule(
             q, k, v, g, beta, level_scales, scale=scale, initial_state=state,
-            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+            output_final_state=output_final_state or inplace_final_state, cu_seqlens=cu_seqlens,
         )
-    return o, state_out(final, opts.state_v_first)
+    if inplace_final_state:
+        lengths = torch.full((N,), T, device=q.device) if cu_seqlens is None else cu_seqlens.diff()
+        # the kernel wrote the states already; the reference's new ones are copied in
+        final = finish_inplace(initial_state, None if triton_path else state_out(final, opts.state_v_first), lengths)
+        return o, (final if output_final_state else None)
+    return o, state_out(final if output_final_state else None, opts.state_v_first)

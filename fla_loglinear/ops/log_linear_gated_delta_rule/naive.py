@@ -219,7 +219,7 @@ def naive_recurrent_log_linear_gated_delta_rule(
     if initial_state is None:
         S = q.new_zeros(N, HV, L, K, V)
     else:
-        S = initial_state.states.to(dtype)
+        S = initial_state.without_empty_slots().states.to(dtype)
     p0 = torch.tensor(start, dtype=torch.int64, device=q.device)
     length = torch.tensor(lengths, dtype=torch.int64, device=q.device)
     pos = p0[:, None] + torch.arange(Tmax, device=q.device)
@@ -349,7 +349,7 @@ def naive_chunk_log_linear_gated_delta_rule(
     if initial_state is None:
         S = q.new_zeros(N, HV, K, L, V)
     else:
-        S = initial_state.states.to(dtype).transpose(2, 3)
+        S = initial_state.without_empty_slots().states.to(dtype).transpose(2, 3)
     final = S.new_zeros(S.shape) if output_final_state else None
     inter = []
     for c in range(NC):
