@@ -26,15 +26,14 @@ DNODES = [chunk_bwd.chunk_log_linear_attn_bwd_dnodes_kernel]
 # name -> [(kernels, launch options)]
 SETTINGS = {
     "defaults": [],
+    "per-chunk warps=8": [(PER_CHUNK, dict(num_warps=8))],
+    "fwd_o warps=8": [(PER_CHUNK[:1], dict(num_warps=8))],
+    "dv warps=8": [(PER_CHUNK[1:2], dict(num_warps=8))],
+    "dqk warps=8": [(PER_CHUNK[2:], dict(num_warps=8))],
     "per-chunk stages=1": [(PER_CHUNK, dict(num_stages=1))],
-    "per-chunk stages=2": [(PER_CHUNK, dict(num_stages=2))],
-    "per-chunk warps=4": [(PER_CHUNK, dict(num_warps=4))],
-    "per-chunk warps=4 stages=1": [(PER_CHUNK, dict(num_warps=4, num_stages=1))],
-    "fwd_o+dqk warps=16": [(PER_CHUNK[::2], dict(num_warps=16))],
+    "dqk stages=1": [(PER_CHUNK[2:], dict(num_stages=1))],
     "scans warps=2": [(SCANS, dict(num_warps=2))],
-    "scans warps=8": [(SCANS, dict(num_warps=8))],
     "dnodes stages=1": [(DNODES, dict(num_stages=1))],
-    "dnodes warps=8": [(DNODES, dict(num_warps=8))],
 }
 
 

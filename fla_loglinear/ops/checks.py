@@ -116,10 +116,12 @@ def check_inplace_state(state: FenwickState | None) -> None:
         raise TypeError(f"inplace_final_state=True needs int64 initial_state.positions, got {state.positions.dtype}")
 
 
-def finish_inplace(state: FenwickState, final: FenwickState | None, lengths: torch.Tensor) -> FenwickState:
+def finish_inplace(state: FenwickState, final: FenwickState | None, lengths: torch.Tensor | int) -> FenwickState:
     """Makes ``state`` the final state: ``final``'s values copied in (paths that computed a new
-    one), and its positions advanced by ``lengths`` on the device."""
+    one), and its positions advanced by ``lengths`` (``[N]`` or one for all) on the device."""
     if final is not None:
         state.states.copy_(final.states)
-    state.positions.add_(lengths.to(state.positions.device, torch.int64))
+    if isinstance(lengths, torch.Tensor):
+        lengths = lengths.to(state.positions.device, torch.int64)
+    state.positions.add_(lengths)
     return state

@@ -135,7 +135,7 @@ def scalar_launches(K: int, V: int, dtype: torch.dtype, states: bool = True) -> 
                 pos0="i64", Gb="fp64")
     # per-chunk kernels read the input-dtype node copies, the final state the float32 nodes
     low = dict(ptrs, F=dt, dF=dt)
-    warps = chunk._warps(BT, BK)
+    warps = chunk._warps(BT, K, V, dtype)
     return [
         (chunk_nodes.chunk_fenwick_nodes_fwd_kernel, scan, ptrs, 4),
         (chunk_nodes.chunk_fenwick_nodes_fwd_ends_kernel, scan, ptrs, 4),
@@ -182,7 +182,7 @@ def decode_kernels() -> list[str]:
     for inplace in (False, True):
         lower(scalar.fused_recurrent_log_linear_attn_fwd_kernel,
               dict(H=16, G=16, K=128, V=128, L=18, BK=128, BV=32, USE_INITIAL_STATE=True, INPLACE=inplace,
-                   POS_BITS=scalar.POS_BITS), {"scale": "fp32"}, ptrs, 4)
+                   IS_VARLEN=False, POS_BITS=scalar.POS_BITS), {"scale": "fp32", "T": "i32"}, ptrs, 4)
         lower(gdn.fused_recurrent_fwd_kernel,
               dict(H=16, HV=16, K=128, V=128, L=18, BK=128, BV=32, IS_VARLEN=False, HAS_H0=True, INPLACE=inplace),
               {"scale": "fp32", "T": "i32", "S_K": "i32", "S_V": "i32"}, ptrs, 4)

@@ -225,6 +225,15 @@ def test_kernels_lower_for_hopper():
     assert len(names) == 11 * len(SCALAR_CONFIGS), names
 
 
+def test_per_chunk_warps_only_where_the_gpu_tests_passed():
+    """4 warps for 16-bit inputs only at the shapes verified on the H200 (run 13 saw wrong outputs
+    with 4 warps at K = 256, V = 32 on triton 3.6); everything else keeps 8 (or 4 for small tiles)."""
+    from fla_loglinear.ops.log_linear_attn.chunk import _warps
+    assert [_warps(64, K, V, torch.bfloat16) for K, V in [(64, 64), (128, 128), (64, 128)]] == [4, 4, 4]
+    assert [_warps(64, K, V, torch.float16) for K, V in [(256, 32), (256, 256), (128, 32)]] == [8, 8, 8]
+    assert _warps(64, 128, 128, torch.float32) == 8 and _warps(64, 16, 16, torch.bfloat16) == 4
+
+
 def test_chunk_rejects_bad_arguments():
     xs, _ = make_inputs(1, 8, 1, 2, 16, 16, 4)
     q, k, v, g, lam = xs

@@ -103,9 +103,19 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
     return BK, BV
 
 
-def _warps(BT: int, BK: int) -> int:
-    # The per-chunk kernels hold several [BT, BT] and [BT, BK] fp32 tiles: with 4 warps at
-    # BT = BK = 64 they spill on sm_90 (ptxas), with 8 they do not.
+def _warps(BT: int, K: int, V: int, dtype: torch.dtype) -> int:
+    """Warps of the per-chunk kernels (fwd_o, bwd_dv, bwd_dqk), which hold several [BT, BT] and
+    [BT, BK] fp32 tiles.
+
+    For 16-bit inputs 4 warps beat 8 on the H200 (run 12's sweep: 6.26 vs 7.80 ms per fwd+bwd at
+    4K); they are used only where the GPU tests passed with them: 64-wide K and V blocks and
+    K <= 128 (run 13).  At K = 256, V = 32 (a 32-wide V block, four K blocks) 4 warps gave wrong
+    outputs on triton 3.6 in bf16 and fp16, so every other shape keeps the 8 warps it was verified
+    with; with 4 warps and 64 x 64 fp32 tiles ptxas spills.
+    """
+    BK, BV = _blocks(K, V)
+    if dtype in (torch.bfloat16, torch.float16) and BK == 64 and BV == 64 and K <= 128:
+        return 4
     return 8 if BT * BK >= 4096 else 4
 
 
@@ -139,7 +149,7 @@ def chunk_log_linear_attn_fwd(q, k, v, g, level_scales, h0, output_final_state, 
     consts = dict(H=H, G=G, K=K, V=V, L=L, BT=BT, LOG2_BT=BT.bit_length() - 1, BK=BK, BV=BV,
                   USE_INITIAL_STATE=h0 is not None, POS_BITS=POS_BITS, DOT_PREC=dot_precision(q.dtype))
     chunk_log_linear_attn_fwd_o_kernel[(layout.NT, triton.cdiv(V, BV), H)](
-        q, k, v, g, level_scales, Fl, h0, Gb, o, *layout.meta, scale, **consts, num_warps=_warps(BT, BK)
+        q, k, v, g, level_scales, Fl, h0, Gb, o, *layout.meta, scale, **consts, num_warps=_warps(BT, K, V, q.dtype)
     )
     ht = None
     if output_final_state:
@@ -183,7 +193,7 @@ def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout:
     dv = torch.empty_like(v)
     chunk_log_linear_attn_bwd_dv_kernel[(NT, NV, H)](
         q, k, do, g, level_scales, Gb, dFl, dht, dv, *layout.meta, scale, HAS_DHT=dht is not None, **consts,
-        num_warps=_warps(BT, BK),
+        num_warps=_warps(BT, K, V, q.dtype),
     )
     R = H // G
     # Per value head; GQA groups (R > 1) are summed afterwards in float32, else stored in place.
@@ -196,7 +206,7 @@ def chunk_log_linear_attn_bwd(q, k, v, g, level_scales, h0, ht, do, dht, layout:
     chunk_log_linear_attn_bwd_dqk_kernel[(NT, NK, H)](
         q, k, v, do, g, level_scales, Fl, h0, Gb, dFl, dht, dq, dk, dlam, dG, *layout.meta, scale,
         NK=NK, NV=NV, LP=LP, BTOT=B * T, HAS_DHT=dht is not None, **consts,
-        num_warps=_warps(BT, BK),
+        num_warps=_warps(BT, K, V, q.dtype),
     )
     dlam, dG = dlam.sum(0), dG.sum(0)
     if dht is not None:

@@ -67,18 +67,22 @@ def fused_recurrent_log_linear_attn_step(
     tl.store(o + (row * H + i_h) * V + o_v, (b_o * scale).to(o.dtype.element_ty), mask=m_v)
 
 
-@triton.jit(do_not_specialize=["scale"])
+@triton.jit(do_not_specialize=["scale", "T"])
 def fused_recurrent_log_linear_attn_fwd_kernel(
-    q, k, v, g, lam, h0, ht, o, seq_bos, seq_len, pos0, scale,
+    q, k, v, g, lam, h0, ht, o, cu_seqlens, pos0, scale, T,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, INPLACE: tl.constexpr,
-    POS_BITS: tl.constexpr,
+    IS_VARLEN: tl.constexpr, POS_BITS: tl.constexpr,
 ):
     i_nh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     i_g = i_h // (H // G)
-    bos = tl.load(seq_bos + i_n).to(tl.int64)
-    T_n = tl.load(seq_len + i_n).to(tl.int64)
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        T_n = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
+    else:
+        bos = i_n * T
+        T_n = i_n * 0 + T
     p0 = tl.load(pos0 + i_n).to(tl.int64)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -97,20 +101,20 @@ def fused_recurrent_log_linear_attn_fwd_kernel(
         )
 
 
-def fused_recurrent_log_linear_attn_fwd(q, k, v, g, level_scales, h0, pos0, seq_bos, seq_len, scale, inplace=False):
-    G, K = q.shape[-2:]
+def fused_recurrent_log_linear_attn_fwd(q, k, v, g, level_scales, h0, pos0, cu_seqlens, scale, inplace=False):
+    B, T, G, K = q.shape
     H, V = v.shape[-2:]
     L = level_scales.shape[-1]
-    N = seq_len.shape[0]
+    N = pos0.shape[0]
     BK = triton.next_power_of_2(K)
     BV = min(triton.next_power_of_2(V), max(16, 4096 // BK))
     o = torch.empty_like(v)
     ht = h0 if inplace else torch.empty(N, H, L, K, V, dtype=torch.float32, device=q.device)
     # without a state the first step never reads its source; ht only stands in for the pointer
     fused_recurrent_log_linear_attn_fwd_kernel[(N * H, triton.cdiv(V, BV))](
-        q, k, v, g, level_scales, ht if h0 is None else h0, ht, o, seq_bos, seq_len, pos0, scale,
+        q, k, v, g, level_scales, ht if h0 is None else h0, ht, o, cu_seqlens, pos0, scale, T,
         H=H, G=G, K=K, V=V, L=L, BK=BK, BV=BV, USE_INITIAL_STATE=h0 is not None, INPLACE=inplace,
-        POS_BITS=POS_BITS,
+        IS_VARLEN=cu_seqlens is not None, POS_BITS=POS_BITS,
     )
     return o, ht
 
@@ -187,22 +191,18 @@ def fused_recurrent_log_linear_attn(
             final = finish_inplace(initial_state, final, lengths)
         return o, (final if output_final_state else None)
     device = q.device
-    if cu_seqlens is None:
-        seq_bos = torch.arange(B, device=device, dtype=torch.int64) * T
-        seq_len = torch.full((B,), T, device=device, dtype=torch.int64)
-    else:
-        seq_bos = cu_seqlens[:-1].to(torch.int64)
-        seq_len = cu_seqlens.diff().to(torch.int64)
+    # a decoding step is mostly launch overhead: equal lengths need no length tensors
+    lengths = T if cu_seqlens is None else cu_seqlens.diff().to(torch.int64)
     if initial_state is None:
         h0, pos0 = None, torch.zeros(N, dtype=torch.int64, device=device)
     else:
         h0, pos0 = initial_state.states.float().contiguous(), initial_state.positions.to(torch.int64).contiguous()
     q, k, v, g, level_scales = (x.contiguous() for x in (q, k, v, g, level_scales))
     o, ht = fused_recurrent_log_linear_attn_fwd(
-        q, k, v, g, level_scales, h0, pos0, seq_bos, seq_len, scale, inplace_final_state
+        q, k, v, g, level_scales, h0, pos0, cu_seqlens, scale, inplace_final_state
     )
     if inplace_final_state:
-        final = finish_inplace(initial_state, None, seq_len)
+        final = finish_inplace(initial_state, None, lengths)
     else:
-        final = FenwickState(ht, pos0 + seq_len)
+        final = FenwickState(ht, pos0 + lengths)
     return o, (final if output_final_state else None)
