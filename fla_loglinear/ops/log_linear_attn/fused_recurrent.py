@@ -182,17 +182,16 @@ def fused_recurrent_log_linear_attn(
             "use chunk_log_linear_attn for training or call it under torch.no_grad()"
         )
     scale = K ** -0.5 if scale is None else float(scale)
+    # a decoding step is mostly launch overhead: equal lengths need no length tensors
+    lengths = T if cu_seqlens is None else cu_seqlens.diff().to(torch.int64)
     if not use_triton(q, _use_triton):
         o, final = naive_recurrent_log_linear_attn(
             q, k, v, g, level_scales, initial_state, output_final_state or inplace_final_state, cu_seqlens, scale
         )
         if inplace_final_state:
-            lengths = torch.full((N,), T) if cu_seqlens is None else cu_seqlens.diff()
             final = finish_inplace(initial_state, final, lengths)
         return o, (final if output_final_state else None)
     device = q.device
-    # a decoding step is mostly launch overhead: equal lengths need no length tensors
-    lengths = T if cu_seqlens is None else cu_seqlens.diff().to(torch.int64)
     if initial_state is None:
         h0, pos0 = None, torch.zeros(N, dtype=torch.int64, device=device)
     else:

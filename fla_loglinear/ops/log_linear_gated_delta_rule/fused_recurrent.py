@@ -117,7 +117,7 @@ def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scal
         num_warps=4,
     )
     # a decoding step is mostly launch overhead: equal lengths need no length tensor
-    lengths = T if cu_seqlens is None else (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    lengths = T if cu_seqlens is None else cu_seqlens.diff().long()
     # buf is in the caller's layout; return it as [N, HV, L, K, V] so state_out can transpose back
     kv = buf.transpose(-1, -2) if state_v_first else buf
     return o, FenwickState(kv, positions + lengths)
