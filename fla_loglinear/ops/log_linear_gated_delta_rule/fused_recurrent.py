@@ -52,29 +52,30 @@ def fused_recurrent_fwd_kernel(
         b_beta = tl.load(beta + i_t * HV + i_hv).to(tl.float32)
         mm = _merge_slot(p, p + 1, L)
 
-        b_o = tl.zeros([BV], dtype=tl.float32)
+        # the token's own write beta k v^T enters slot 0; what q reads of it is a [BV] vector
+        b_o = tl.load(lam + (i_t * HV + i_hv) * L).to(tl.float32) * b_beta * tl.sum(b_q * b_k, 0) * b_v
         b_acc = tl.zeros([BK, BV], dtype=tl.float32)
         for l in range(L):
-            # Slots empty at p are neither read (what they hold is ignored) nor, except for the
-            # first token's writes into a new h, written: only the occupied ones and the merge
-            # target hold keys at p + 1, so a step moves about popcount(p) + 1 slots, not L.
+            # Slots empty at p are skipped whole (no load, no K-axis reductions) and, except for
+            # the first token's writes into a new h, not written: only the occupied ones and the
+            # merge target hold keys at p + 1, so a step works on about popcount(p) + 1 slots, not L.
             occ = slot_occupied(p, l, L)
             m_w = m_kv & (occ | (l == mm) | ((t == 0) & (not INPLACE)))
-            # the first token reads the caller's state, so it is never copied
-            if t == 0:
-                if HAS_H0:
-                    b_s = tl.load(h0 + o_h + l * K * V, mask=m_kv & occ, other=0.).to(tl.float32)
+            b_s = tl.zeros([BK, BV], dtype=tl.float32)
+            if occ:
+                # the first token reads the caller's state, so it is never copied
+                if t == 0:
+                    if HAS_H0:
+                        b_s = tl.load(h0 + o_h + l * K * V, mask=m_kv, other=0.).to(tl.float32)
                 else:
-                    b_s = tl.zeros([BK, BV], dtype=tl.float32)
-            else:
-                b_s = tl.load(p_h + l * K * V, mask=m_kv & occ, other=0.)
-            # A_p S = e^g (S - beta k (k^T S)); the token's write goes to slot 0
-            b_ks = tl.sum(b_k[:, None] * b_s, 0)
-            b_s = b_eg * (b_s - b_beta * b_k[:, None] * b_ks[None, :])
+                    b_s = tl.load(p_h + l * K * V, mask=m_kv, other=0.)
+                # A_p S = e^g (S - beta k (k^T S))
+                b_ks = tl.sum(b_k[:, None] * b_s, 0)
+                b_s = b_eg * (b_s - b_beta * b_k[:, None] * b_ks[None, :])
+                b_lam = tl.load(lam + (i_t * HV + i_hv) * L + l).to(tl.float32)
+                b_o += b_lam * tl.sum(b_q[:, None] * b_s, 0)
             if l == 0:
                 b_s += b_beta * b_k[:, None] * b_v[None, :]
-            b_lam = tl.load(lam + (i_t * HV + i_hv) * L + l).to(tl.float32)
-            b_o += b_lam * tl.sum(b_q[:, None] * b_s, 0)
             # advance to p + 1: slots <= mm merge into slot mm
             if l < mm:
                 b_acc += b_s
