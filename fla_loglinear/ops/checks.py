@@ -16,10 +16,14 @@ def check_rank(name: str, x: torch.Tensor, ndim: int, layout: str) -> None:
         raise ValueError(f"{name} must have shape {layout} ({ndim} dims), got {tuple(x.shape)}")
 
 
-def check_dim(name: str, x: torch.Tensor, dim: int, expected: int, what: str, ref: str) -> None:
+def check_dim(name: str, x: torch.Tensor, dim: int, ref_name: str, ref: torch.Tensor, what: str) -> None:
+    """``x.shape[dim]`` must equal ``ref.shape[dim]``.  The message is built only on failure: a
+    decode step runs these checks every token."""
+    expected = ref.shape[dim]
     if x.shape[dim] != expected:
         raise ValueError(
-            f"{name} has {what} = {x.shape[dim]} (shape {tuple(x.shape)}), expected {expected} to match {ref}"
+            f"{name} has {what} = {x.shape[dim]} (shape {tuple(x.shape)}), expected {expected} "
+            f"to match {ref_name} {tuple(ref.shape)}"
         )
 
 

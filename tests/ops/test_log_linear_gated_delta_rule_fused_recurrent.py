@@ -63,6 +63,52 @@ def test_decode_matches_recurrent(B, T, H, HV, K, V, L, start):
         assert torch.equal(h0.states, random_state(B, HV, L, K, V, start).states)
 
 
+@pytest.mark.parametrize("L,positions", [
+    (1, [0, 1, 9]),
+    (2, [1, 2, 3]),
+    (6, [0, 7, 31, 100]),  # 31 and 100 reach the last slot; 31 merges into it (the clamp)
+    (20, [2 ** 17 - 2, 2 ** 19 - 1, 100_000, 5]),  # 16 occupied slots above the merge target; all merge
+])
+@pytest.mark.parametrize("layout", ["batch", "packed", "v_first"])
+def test_decode_one_token_per_sequence(L, positions, layout):
+    """A decoding step (one token per sequence; batched, packed, state_v_first), writing a new state
+    and in place, from states with junk in their empty slots, against the reference."""
+    N, H, HV, K, V = len(positions), 1, 2, 32, 16
+    q, k, v, g, beta, lam = make_inputs(N, 1, H, HV, K, V, L, seed=L)
+    h0 = random_state(N, HV, L, K, V, positions, seed=L + 1)
+    ro, rst = naive_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0,
+                                                          output_final_state=True)
+    kw = dict(_force_triton=True)
+    if layout == "packed":
+        q, k, v, g, beta, lam = (x.transpose(0, 1) for x in (q, k, v, g, beta, lam))
+        kw["cu_seqlens"] = torch.arange(N + 1)
+    junk = with_junk_in_empty_slots(h0)
+    if layout == "v_first":
+        kw["state_v_first"] = True
+        junk = FenwickState(junk.states.transpose(-1, -2).contiguous(), junk.positions)
+    o, st = fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=junk,
+                                                        output_final_state=True, **kw)
+    states = st.states.transpose(-1, -2) if layout == "v_first" else st.states
+    assert_close(o.reshape(ro.shape), ro, 1e-5, "o")
+    # a new state holds zeros in its empty slots, as the reference's does
+    assert_close(states, rst.states, 1e-5, "states")
+    o_in, _ = fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=junk,
+                                                          inplace_final_state=True, **kw)
+    assert_close(o_in.reshape(ro.shape), ro, 1e-5, "o in place")
+    in_place = junk.states.transpose(-1, -2) if layout == "v_first" else junk.states
+    assert_close(occupied_part(in_place, junk.positions), rst.states, 1e-5, "states in place")
+    assert torch.equal(junk.positions, rst.positions)
+
+
+def test_decode_one_token_without_state():
+    q, k, v, g, beta, lam = make_inputs(3, 1, 1, 1, 32, 16, 4, seed=3)
+    o, st = fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, output_final_state=True,
+                                                        _force_triton=True)
+    ro, rst = naive_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, output_final_state=True)
+    assert_close(o, ro, 1e-5, "o")
+    assert_close(st.states, rst.states, 1e-5, "states")
+
+
 def test_decode_varlen():
     q, k, v, g, beta, lam = make_inputs(1, 9, 1, 2, 32, 16, 5, seed=2)
     cu = torch.tensor([0, 1, 4, 9])
@@ -155,9 +201,10 @@ def test_decode_bad_option_raises():
 @needs_cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("K", [64, 128, 256])
-def test_gpu_decode(dtype, tol, K):
+@pytest.mark.parametrize("T", [1, 2])
+def test_gpu_decode(dtype, tol, K, T):
     B, H, HV, L = 64, 2, 4, 18
-    q, k, v, g, beta, lam = make_inputs(B, 2, H, HV, K, K, L, dtype=dtype, device="cuda", seed=5)
+    q, k, v, g, beta, lam = make_inputs(B, T, H, HV, K, K, L, dtype=dtype, device="cuda", seed=5)
     positions = torch.randint(0, 200_000, (B,)).tolist()
     positions[0] = 100_000
     h0 = random_state(B, HV, L, K, K, positions, device="cuda")

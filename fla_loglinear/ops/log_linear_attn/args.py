@@ -49,11 +49,11 @@ def check_log_linear_attn_args(
     if tuple(k.shape) != tuple(q.shape):
         raise ValueError(f"k has shape {tuple(k.shape)} but q has {tuple(q.shape)}; both must be [B, T, G, K]")
     for dim, what in ((0, "batch size B"), (1, "sequence length T")):
-        check_dim("v", v, dim, q.shape[dim], what, f"q {tuple(q.shape)}")
-        check_dim("g", g, dim, q.shape[dim], what, f"q {tuple(q.shape)}")
-        check_dim("level_scales", level_scales, dim, q.shape[dim], what, f"q {tuple(q.shape)}")
-    check_dim("g", g, 2, H, "heads H", f"v {tuple(v.shape)}")
-    check_dim("level_scales", level_scales, 2, H, "heads H", f"v {tuple(v.shape)}")
+        check_dim("v", v, dim, "q", q, what)
+        check_dim("g", g, dim, "q", q, what)
+        check_dim("level_scales", level_scales, dim, "q", q, what)
+    check_dim("g", g, 2, "v", v, "heads H")
+    check_dim("level_scales", level_scales, 2, "v", v, "heads H")
     for name, size in (("T", T), ("G", G), ("K", K), ("H", H), ("V", V), ("L", L)):
         if size < 1:
             raise ValueError(

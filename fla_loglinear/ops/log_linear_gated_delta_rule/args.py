@@ -55,12 +55,12 @@ def check_log_linear_gated_delta_rule_args(
     HV, V = v.shape[2], v.shape[3]
     L = level_scales.shape[3]
     for dim, what in enumerate(("B", "T", "H", "K")):
-        check_dim("k", k, dim, q.shape[dim], what, f"q {tuple(q.shape)}")
+        check_dim("k", k, dim, "q", q, what)
     for dim, what in enumerate(("B", "T")):
-        check_dim("v", v, dim, q.shape[dim], what, f"q {tuple(q.shape)}")
+        check_dim("v", v, dim, "q", q, what)
     for name, x in (("g", g), ("beta", beta), ("level_scales", level_scales)):
         for dim, what in enumerate(("B", "T", "HV")):
-            check_dim(name, x, dim, v.shape[dim], what, f"v {tuple(v.shape)}")
+            check_dim(name, x, dim, "v", v, what)
     if T < 1:
         raise ValueError(f"q must hold at least one token, got T = 0 (shape {tuple(q.shape)})")
     for name, n in (("K", K), ("V", V), ("L", L), ("H", H)):

@@ -117,6 +117,8 @@ def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scal
         INPLACE=inplace,
         num_warps=4,
     )
+    if inplace:  # the caller advances the positions (finish_inplace)
+        return o, None
     # a decoding step is mostly launch overhead: equal lengths need no length tensor
     lengths = T if cu_seqlens is None else cu_seqlens.diff().long()
     # buf is in the caller's layout; return it as [N, HV, L, K, V] so state_out can transpose back
