@@ -59,8 +59,9 @@ def grads(out, inputs, seed=2):
 
 
 def assert_close(a, b, tol, name):
-    err = (a.double() - b.double()).abs().max().item()
-    ref = b.double().abs().max().item()
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    err = (a - b).abs().max().item()
+    ref = b.abs().max().item()
     assert err <= tol * max(ref, 1.0), f"{name}: max abs error {err:.3e} (reference max {ref:.3e})"
 
 
@@ -534,6 +535,24 @@ def test_gpu_unit_lambdas_equal_fla(layer_options):
     got = grads((o, None), [q, k, v, g, beta])
     for name, a, b in zip("q k v g beta".split(), got, want):
         assert_close(a, b, 5e-2, f"d{name}")
+
+
+@needs_cuda
+def test_gpu_layer_options_vs_cpu_reference():
+    """fla's layer options (q/k normalised by fla's l2norm on CUDA, sigmoid beta, gate from A_log and
+    dt_bias), forward and every gradient, against the float64 CPU path (PyTorch preprocessing)."""
+    B, T, H, HV, K, V, L = 1, 1000, 2, 4, 64, 64, 12
+    q, k, v, g, beta, lam = make_inputs(B, T, H, HV, K, V, L, dtype=torch.float32, device="cuda", seed=15, raw=True)
+    A_log = torch.rand(HV, device="cuda").log().requires_grad_(True)
+    dt_bias = torch.randn(HV, device="cuda").requires_grad_(True)
+    opts = dict(use_qk_l2norm_in_kernel=True, use_beta_sigmoid_in_kernel=True, use_gate_in_kernel=True)
+    leaves = [q, k, v, g, beta, lam, A_log, dt_bias]
+    out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, A_log=A_log, dt_bias=dt_bias, **opts)
+    cpu = [x.detach().cpu().double().requires_grad_(True) for x in leaves]
+    ref = chunk_log_linear_gated_delta_rule(*cpu[:6], A_log=cpu[6], dt_bias=cpu[7], **opts)
+    assert_close(out[0], ref[0], 2e-3, "o")
+    for name, a, b in zip("q k v g beta lam A_log dt_bias".split(), grads(out, leaves), grads(ref, cpu)):
+        assert_close(a, b, 1e-2, f"d{name}")
 
 
 @needs_cuda
