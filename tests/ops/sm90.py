@@ -9,8 +9,9 @@ They must run without ``TRITON_INTERPRET``, so the tests call them in a subproce
     python -m tests.ops.sm90 scalar-kernels      # scalar op: every kernel at two configurations
     python -m tests.ops.sm90 scalar-resources    # registers and spills (ptxas -v), benchmark shape
     python -m tests.ops.sm90 decode-kernels      # both decode kernels, new state and in place
+    python -m tests.ops.sm90 gdn-scan-resources  # GDN slot-scan kernels: registers and spills (ptxas -v)
 
-The last one is a tool, not a test: the scalar kernels' speed on the H200 tracked their register
+The resource drivers are tools, not tests: the scalar kernels' speed on the H200 tracked their register
 pressure (one program per SM at 255 registers), and ptxas reports it without a GPU.
 """
 from __future__ import annotations
@@ -100,12 +101,33 @@ def hopper_mma_widths() -> dict:
             BK, BV, num_warps = ci._blocks(K, V)
             consts = dict(HV=2, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=dot_precision(torch.float32))
             if bwd:
-                fn, consts["RELOAD"] = ci.chunk_inter_bwd_kernel, BK > 128
+                fns, consts["RELOAD"] = (ci.chunk_inter_bwd_kernel, ci.chunk_inter_grads_kernel), BK > 128
             else:
-                fn = ci.chunk_inter_fwd_kernel
+                fns = (ci.chunk_inter_fwd_kernel,)
                 consts.update(HAS_H0=True, STORE=True)
-            ptrs = {"chunk_offsets": "i32", "pos_start": "i64", "pos_end": "i64", "live_out": "i64", "live_in": "i64"}
-            out[f"scan {'bwd' if bwd else 'fwd'} K={K} V={V}"] = widths(fn, consts, {"NC": "i32"}, ptrs, num_warps)
+            for fn in fns:
+                out[f"{fn.__name__} K={K} V={V}"] = widths(fn, consts, {"NC": "i32"}, SCAN_PTRS, num_warps)
+    return out
+
+
+SCAN_PTRS = {"chunk_offsets": "i32", "pos_start": "i64", "pos_end": "i64", "live_out": "i64", "live_in": "i64",
+             "merge_out": "i32", "merge_in": "i32"}
+
+
+def gdn_scan_resources() -> dict:
+    """``{kernel: ptxas resources}`` of the GDN slot-scan kernels at the benchmark shape (bf16, K = V = 128)."""
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter as ci
+
+    ci._INTERPRET = False
+    BK, BV, num_warps = ci._blocks(128, 128)
+    consts = dict(HV=16, K=128, V=128, L=14, C=64, BK=BK, BV=BV, PREC="tf32", RELOAD=False, HAS_H0=False)
+    ptrs = {n: "bf16" for n in ("qe", "w", "kd", "u", "hs", "dhs", "dqe", "dw", "dkd")}
+    ptrs.update(SCAN_PTRS)
+    out = {}
+    for fn, extra in ((ci.chunk_inter_fwd_kernel, dict(STORE=False)), (ci.chunk_inter_fwd_kernel, dict(STORE=True)),
+                      (ci.chunk_inter_bwd_kernel, {}), (ci.chunk_inter_grads_kernel, {})):
+        name = fn.__name__ + ("" if not extra else f" STORE={extra['STORE']}")
+        out[name] = ptx_resources(lower(fn, {**consts, **extra}, {"NC": "i32"}, ptrs, num_warps, "ptx"))
     return out
 
 
@@ -201,7 +223,8 @@ def run_uninterpreted(driver: str):
 
 
 DRIVERS = {"hopper-mma-widths": hopper_mma_widths, "scalar-kernels": scalar_kernels,
-           "scalar-resources": scalar_resources, "decode-kernels": decode_kernels}
+           "scalar-resources": scalar_resources, "decode-kernels": decode_kernels,
+           "gdn-scan-resources": gdn_scan_resources}
 
 if __name__ == "__main__":
     print(json.dumps(DRIVERS[sys.argv[1]]()))

@@ -9,8 +9,12 @@ chunk's keys ``Kd^T U`` (``m = advance_level(a, b)`` of levels.py).  A bit mask 
 slots can be non-zero, so the work per chunk is the number of live slots (about
 ``popcount(a / 64) + 1``), not ``L``.
 
-The backward pass replays the forward once to store the pre-chunk slot states, then walks the
-chunks in reverse with the slot gradients in a second fp32 buffer.
+The backward pass, like fla's for its one state, keeps only the recurrence sequential: it replays
+the forward once to store the pre-chunk slot states (no output), walks the chunks in reverse
+carrying the slot gradients in an fp32 buffer and storing each chunk's post-chunk gradients
+(three products per live slot), then computes the gradients of every input from those two
+stores in a kernel that is parallel over chunks.  Before (results run 15) one sequential kernel
+did all eight products per live slot and wrote per-V-block partial sums.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ def _merge_slot(a, b, L: tl.constexpr):
 
 @triton.jit(do_not_specialize=["NC"])
 def chunk_inter_fwd_kernel(
-    qe, w, kd, u, gam, om, o, ht, hs, live_out,
+    qe, w, kd, u, gam, om, o, ht, hs, live_out, merge_out,
     chunk_offsets, pos_start, pos_end, NC,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE: tl.constexpr, PREC: tl.constexpr,
@@ -72,6 +76,7 @@ def chunk_inter_fwd_kernel(
         mm = _merge_slot(a, b, L)
         if STORE:
             tl.store(live_out + i_c, live)
+            tl.store(merge_out + i_c, mm)
 
         r = (i_c * HV + i_h) * C + o_c
         b_qe = tl.load(qe + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
@@ -90,9 +95,10 @@ def chunk_inter_fwd_kernel(
                 if STORE:
                     p_hs = hs + ((i_c * HV + i_h) * L + l) * K * V
                     tl.store(p_hs + o_k[:, None] * V + o_v[None, :], b_s.to(hs.dtype.element_ty), mask=m_kv)
-                b_om = tl.load(om + r * L + l).to(tl.float32)
                 b_sd = b_s.to(b_qe.dtype)
-                b_o += b_om[:, None] * tl.dot(b_qe, b_sd, input_precision=PREC)
+                if not STORE:  # the backward's replay needs the slots, not the output
+                    b_om = tl.load(om + r * L + l).to(tl.float32)
+                    b_o += b_om[:, None] * tl.dot(b_qe, b_sd, input_precision=PREC)
                 b_ws = tl.dot(b_w, b_sd, input_precision=PREC).to(b_kd.dtype)
                 b_s = b_eg * b_s - tl.dot(tl.trans(b_kd), b_ws, input_precision=PREC)
                 if l < mm:
@@ -101,7 +107,8 @@ def chunk_inter_fwd_kernel(
                     tl.store(p_h + l * K * V, b_acc + b_s, mask=m_kv)
                 else:
                     tl.store(p_h + l * K * V, b_s, mask=m_kv)
-        tl.store(o + r[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_v[None, :])
+        if not STORE:
+            tl.store(o + r[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_v[None, :])
         live = (live & ~((tl.full([], 2, tl.int64) << mm) - 1)) | (tl.full([], 1, tl.int64) << mm)
         # the next chunk reads slots other threads of this program just wrote
         tl.debug_barrier()
@@ -113,19 +120,17 @@ def chunk_inter_fwd_kernel(
 
 @triton.jit(do_not_specialize=["NC"])
 def chunk_inter_bwd_kernel(
-    qe, w, kd, u, gam, om, do, hs, live_in, dh,
-    dqe, dw, dkd, du, dgam, dom,
-    chunk_offsets, pos_start, pos_end, NC,
+    qe, w, kd, om, do, gam, live_in, merge_in, dh, dhs, du,
+    chunk_offsets, NC,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, RELOAD: tl.constexpr,
 ):
+    # Only what is sequential: the slot gradients, chunk by chunk in reverse (three products per
+    # live slot).  Each chunk's post-chunk slot gradients go to dhs for chunk_inter_grads_kernel.
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // HV, i_nh % HV
     c_lo = tl.load(chunk_offsets + i_n)
     c_hi = tl.load(chunk_offsets + i_n + 1)
-    p0 = tl.load(pos_start + i_n).to(tl.int64)
-    p1 = tl.load(pos_end + i_n).to(tl.int64)
-    base0 = (p0 // C) * C
 
     o_c = tl.arange(0, C)
     o_k = tl.arange(0, BK)
@@ -134,80 +139,136 @@ def chunk_inter_bwd_kernel(
     m_v = o_v < V
     m_ck = m_k[None, :]
     m_kv = m_k[:, None] & m_v[None, :]
-    p_dh = dh + i_nh.to(tl.int64) * L * K * V + o_k[:, None] * V + o_v[None, :]
-    # per-V-block partial sums, reduced on the host side
-    part = i_v.to(tl.int64) * NC * HV
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    p_dh = dh + i_nh.to(tl.int64) * L * K * V + o_kv
 
     for j in range(0, c_hi - c_lo):
         i_c = c_hi.to(tl.int64) - 1 - j
-        cbase = base0 + (i_c - c_lo) * C
-        a = tl.maximum(cbase, p0)
-        b = tl.minimum(cbase + C, p1)
-        mm = _merge_slot(a, b, L)
+        mm = tl.load(merge_in + i_c)
         live = tl.load(live_in + i_c)
-
         r = (i_c * HV + i_h) * C + o_c
-        b_qe = tl.load(qe + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
-        b_w = tl.load(w + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
-        b_kd = tl.load(kd + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
-        b_u = tl.load(u + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)
+        p_dhs = dhs + (i_c * HV + i_h) * L * K * V + o_kv
+        p_kd = kd + r[:, None] * K + o_k[None, :]
+        p_wt = w + r[None, :] * K + o_k[:, None]
+        p_qet = qe + r[None, :] * K + o_k[:, None]
         b_do = tl.load(do + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
         b_eg = tl.exp(tl.load(gam + i_c * HV + i_h).to(tl.float32))
-        p_qet = qe + r[None, :] * K + o_k[:, None]
-        p_wt = w + r[None, :] * K + o_k[:, None]
         if not RELOAD:
-            b_qet = tl.trans(b_qe)
-            b_wt = tl.trans(b_w)
+            b_kd = tl.load(p_kd, mask=m_ck, other=0.)
+            b_wt = tl.load(p_wt, mask=m_k[:, None], other=0.)
+            b_qet = tl.load(p_qet, mask=m_k[:, None], other=0.)
 
-        # gradient of the merged slot after the chunk; every slot <= mm was folded into it
+        # every slot <= mm was folded into slot mm: they share its gradient after the chunk
         b_dm = tl.load(p_dh + mm * K * V, mask=m_kv, other=0.)
+        tl.store(p_dhs + mm * K * V, b_dm.to(dhs.dtype.element_ty), mask=m_kv)
+        if RELOAD:
+            # large K: the three [C, K] operands do not fit shared memory together, so each is
+            # re-read (from L2) right before its use
+            b_kd = tl.load(p_kd, mask=m_ck, other=0.)
         b_xm = tl.dot(b_kd, b_dm.to(b_kd.dtype), input_precision=PREC)
         tl.store(du + r[:, None] * V + o_v[None, :], b_xm.to(du.dtype.element_ty), mask=m_v[None, :])
-        b_dkd = tl.dot(b_u, tl.trans(b_dm.to(b_u.dtype)), input_precision=PREC).to(tl.float32)
-        b_dw = tl.zeros([C, BK], dtype=tl.float32)
-        b_dqe = tl.zeros([C, BK], dtype=tl.float32)
-        b_dg = tl.zeros([], dtype=tl.float32)
+        if RELOAD:
+            b_wt = tl.load(p_wt, mask=m_k[:, None], other=0.)
+        # S' = e^gamma S - Kd^T (W S): the part of dS shared by the merged slots
+        b_gm = b_eg * b_dm - tl.dot(b_wt, b_xm.to(b_wt.dtype), input_precision=PREC)
         tl.debug_barrier()
         for l in range(L):
             if ((live >> l) & 1) == 1:
-                if RELOAD:
-                    # large K: the five [C, K] operands do not fit shared memory together, so each
-                    # is re-read (from L2) right before its one use and its buffer dies with it
-                    b_qe = tl.load(qe + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
-                    b_w = tl.load(w + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
-                    b_kd = tl.load(kd + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
-                    # transposed tiles loaded as such: a separate load is never merged with the plain one
-                    b_qet = tl.load(p_qet, mask=m_k[:, None], other=0.)
-                    b_wt = tl.load(p_wt, mask=m_k[:, None], other=0.)
-                p_hs = hs + ((i_c * HV + i_h) * L + l) * K * V
-                b_s = tl.load(p_hs + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
                 if l <= mm:
-                    b_d = b_dm
-                    b_x = b_xm
+                    b_new = b_gm
                 else:
                     b_d = tl.load(p_dh + l * K * V, mask=m_kv, other=0.)
+                    tl.store(p_dhs + l * K * V, b_d.to(dhs.dtype.element_ty), mask=m_kv)
+                    if RELOAD:
+                        b_kd = tl.load(p_kd, mask=m_ck, other=0.)
                     b_x = tl.dot(b_kd, b_d.to(b_kd.dtype), input_precision=PREC)
-                b_om = tl.load(om + r * L + l).to(tl.float32)
-                b_sd = b_s.to(b_qe.dtype)
-                b_dos = b_om[:, None] * b_do
+                    if RELOAD:
+                        b_wt = tl.load(p_wt, mask=m_k[:, None], other=0.)
+                    b_new = b_eg * b_d - tl.dot(b_wt, b_x.to(b_wt.dtype), input_precision=PREC)
                 # o += omega_l (Qeff S)
-                b_dqe += tl.dot(b_dos.to(b_qe.dtype), tl.trans(b_sd), input_precision=PREC)
-                b_qs = tl.dot(b_qe, b_sd, input_precision=PREC)
-                tl.store(dom + (part * C + r) * L + l, tl.sum(b_qs * b_do, 1))
-                # S' = e^gamma S - Kd^T (W S)
-                b_dg += b_eg * tl.sum(b_s * b_d)
-                b_dw -= tl.dot(b_x.to(b_w.dtype), tl.trans(b_sd), input_precision=PREC)
-                b_ws = tl.dot(b_w, b_sd, input_precision=PREC)
-                b_dkd -= tl.dot(b_ws.to(b_kd.dtype), tl.trans(b_d.to(b_kd.dtype)), input_precision=PREC)
-                b_dnew = b_eg * b_d - tl.dot(b_wt, b_x.to(b_w.dtype), input_precision=PREC) \
-                    + tl.dot(b_qet, b_dos.to(b_qe.dtype), input_precision=PREC)
-                tl.store(p_dh + l * K * V, b_dnew, mask=m_kv)
-        pr = (part + i_c * HV + i_h) * C + o_c
-        tl.store(dqe + pr[:, None] * K + o_k[None, :], b_dqe, mask=m_ck)
-        tl.store(dw + pr[:, None] * K + o_k[None, :], b_dw, mask=m_ck)
-        tl.store(dkd + pr[:, None] * K + o_k[None, :], b_dkd, mask=m_ck)
-        tl.store(dgam + part + i_c * HV + i_h, b_dg)
+                b_dos = tl.load(om + r * L + l).to(tl.float32)[:, None] * b_do
+                if RELOAD:
+                    b_qet = tl.load(p_qet, mask=m_k[:, None], other=0.)
+                b_new += tl.dot(b_qet, b_dos.to(b_qet.dtype), input_precision=PREC)
+                tl.store(p_dh + l * K * V, b_new, mask=m_kv)
+        # the next chunk reads slot gradients other threads of this program just wrote
         tl.debug_barrier()
+
+
+@triton.jit
+def chunk_inter_grads_kernel(
+    qe, w, kd, u, gam, om, do, hs, dhs, live_in, merge_in,
+    dqe, dw, dkd, dgam, dom,
+    HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, RELOAD: tl.constexpr,
+):
+    # Everything else of the backward, one program per (chunk, head): the chunks are independent
+    # once the slot states (hs, the forward replay) and their gradients (dhs) are stored, so this
+    # runs at full occupancy and sums over V inside (no per-V-block partial results).
+    i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    live = tl.load(live_in + i_c)
+    mm = tl.load(merge_in + i_c)
+    o_c = tl.arange(0, C)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    m_ck = m_k[None, :]
+    r = (i_c * HV + i_h) * C + o_c
+    p_ck = r[:, None] * K + o_k[None, :]
+    base = (i_c * HV + i_h) * L * K * V
+    b_eg = tl.exp(tl.load(gam + i_c * HV + i_h).to(tl.float32))
+    if not RELOAD:
+        b_qe = tl.load(qe + p_ck, mask=m_ck, other=0.)
+        b_w = tl.load(w + p_ck, mask=m_ck, other=0.)
+        b_kd = tl.load(kd + p_ck, mask=m_ck, other=0.)
+
+    b_dqe = tl.zeros([C, BK], dtype=tl.float32)
+    b_dw = tl.zeros([C, BK], dtype=tl.float32)
+    b_dkd = tl.zeros([C, BK], dtype=tl.float32)
+    b_dg = tl.zeros([], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        # the chunk's keys Kd^T U enter slot mm
+        b_u = tl.load(u + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)
+        b_dm = tl.load(dhs + base + mm * K * V + o_k[:, None] * V + o_v[None, :],
+                       mask=m_k[:, None] & m_v[None, :], other=0.)
+        b_dkd += tl.dot(b_u, tl.trans(b_dm.to(b_u.dtype)), input_precision=PREC)
+    for l in range(L):
+        if ((live >> l) & 1) == 1:
+            b_om = tl.load(om + r * L + l).to(tl.float32)
+            b_dom = tl.zeros([C], dtype=tl.float32)
+            # slots <= mm were merged: their gradient after the chunk is slot mm's
+            l_d = tl.where(l <= mm, mm, l)
+            for i_v in range(tl.cdiv(V, BV)):
+                o_v = i_v * BV + tl.arange(0, BV)
+                m_v = o_v < V
+                m_kv = m_k[:, None] & m_v[None, :]
+                o_kv = o_k[:, None] * V + o_v[None, :]
+                b_s = tl.load(hs + base + l * K * V + o_kv, mask=m_kv, other=0.)
+                b_d = tl.load(dhs + base + l_d * K * V + o_kv, mask=m_kv, other=0.)
+                b_do = tl.load(do + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
+                if RELOAD:
+                    # large K: each [C, K] operand re-read (from L2) right before its use
+                    b_qe = tl.load(qe + p_ck, mask=m_ck, other=0.)
+                b_sd = b_s.to(b_qe.dtype)
+                b_dd = b_d.to(b_qe.dtype)
+                b_dqe += tl.dot((b_om[:, None] * b_do).to(b_qe.dtype), tl.trans(b_sd), input_precision=PREC)
+                b_dom += tl.sum(tl.dot(b_qe, b_sd, input_precision=PREC) * b_do, 1)
+                # S' = e^gamma S - Kd^T (W S)
+                b_dg += b_eg * tl.sum(b_s.to(tl.float32) * b_d.to(tl.float32))
+                if RELOAD:
+                    b_kd = tl.load(kd + p_ck, mask=m_ck, other=0.)
+                b_x = tl.dot(b_kd, b_dd, input_precision=PREC)
+                b_dw -= tl.dot(b_x.to(b_kd.dtype), tl.trans(b_sd), input_precision=PREC)
+                if RELOAD:
+                    b_w = tl.load(w + p_ck, mask=m_ck, other=0.)
+                b_ws = tl.dot(b_w, b_sd, input_precision=PREC)
+                b_dkd -= tl.dot(b_ws.to(b_kd.dtype), tl.trans(b_dd), input_precision=PREC)
+            tl.store(dom + r * L + l, b_dom)
+    tl.store(dqe + p_ck, b_dqe.to(dqe.dtype.element_ty), mask=m_ck)
+    tl.store(dw + p_ck, b_dw.to(dw.dtype.element_ty), mask=m_ck)
+    tl.store(dkd + p_ck, b_dkd.to(dkd.dtype.element_ty), mask=m_ck)
+    tl.store(dgam + i_c * HV + i_h, b_dg)
 
 
 def _blocks(K: int, V: int):
@@ -226,65 +287,76 @@ def _blocks(K: int, V: int):
 
 
 def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, store: bool = False):
-    """Runs the forward sweep; returns ``(o_inter [NC, HV, C, V] fp32, ht, hs, live)``."""
+    """Runs the forward sweep; returns ``(o_inter [NC, HV, C, V] fp32, ht, hs, live, merge)``.
+
+    ``store=True`` is the backward's replay: it records every chunk's pre-chunk slots ``hs``
+    ``[NC, HV, L, K, V]``, live-slot masks and merge slots, and computes no output.
+    """
     chunk_offsets, pos_start, pos_end, N, L = meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
     BK, BV, num_warps = _blocks(K, V)
-    o = torch.empty(NC, HV, C, V, dtype=torch.float32, device=qe.device)
+    dev = qe.device
+    o = torch.empty(NC, HV, C, V, dtype=torch.float32, device=dev) if not store else None
     if h0 is None:
-        ht = torch.zeros(N, HV, L, K, V, dtype=torch.float32, device=qe.device)
+        ht = torch.zeros(N, HV, L, K, V, dtype=torch.float32, device=dev)
     else:
         ht = h0.detach().to(torch.float32, copy=True).contiguous()
-    hs = torch.empty(NC, HV, L, K, V, dtype=qe.dtype, device=qe.device) if store else ht
-    live = torch.empty(NC, dtype=torch.int64, device=qe.device) if store else pos_start
+    hs = torch.empty(NC, HV, L, K, V, dtype=qe.dtype, device=dev) if store else ht
+    live = torch.empty(NC, dtype=torch.int64, device=dev) if store else pos_start
+    merge = torch.empty(NC, dtype=torch.int32, device=dev) if store else pos_start
     grid = (triton.cdiv(V, BV), N * HV)
     chunk_inter_fwd_kernel[grid](
-        qe, w, kd, u, gam, om, o, ht, hs, live,
+        qe, w, kd, u, gam, om, ht if store else o, ht, hs, live, merge,
         chunk_offsets, pos_start, pos_end, NC,
         HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE=store, PREC=dot_precision(qe.dtype),
         num_warps=num_warps,
     )
-    return o, ht, hs, live
+    return o, ht, hs, live, merge
 
 
 def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
+    """Gradients of :func:`chunk_inter` in three passes: the forward replayed to store the slots,
+    the reverse scan of the slot gradients (sequential over chunks), then the per-chunk gradients
+    of every input from both (parallel over chunks)."""
     chunk_offsets, pos_start, pos_end, N, L = meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
     BK, BV, num_warps = _blocks(K, V)
-    NV = triton.cdiv(V, BV)
-    _, _, hs, live = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, store=True)
+    _, _, hs, live, merge = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, store=True)
     dev = qe.device
+    do = do.contiguous()
     if dht is None:
         dh = torch.zeros(N, HV, L, K, V, dtype=torch.float32, device=dev)
     else:
         dh = dht.to(torch.float32, copy=True).contiguous()
-    dqe = torch.empty(NV, NC, HV, C, K, dtype=torch.float32, device=dev)
-    dw = torch.empty_like(dqe)
-    dkd = torch.empty_like(dqe)
-    du = torch.empty(NC, HV, C, V, dtype=torch.float32, device=dev)
-    dgam = torch.empty(NV, NC, HV, dtype=torch.float32, device=dev)
-    dom = torch.zeros(NV, NC, HV, C, L, dtype=torch.float32, device=dev)
-    chunk_inter_bwd_kernel[(NV, N * HV)](
-        qe, w, kd, u, gam, om, do.contiguous(), hs, live, dh,
-        dqe, dw, dkd, du, dgam, dom,
-        chunk_offsets, pos_start, pos_end, NC,
-        HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, PREC=dot_precision(qe.dtype), num_warps=num_warps,
-        # fp32 at K = 256 needs it (296 KB of shared memory otherwise).  16-bit tiles fit without it
-        # (147 KB at K = 256 for triton 3.6, sm_90), and with it bf16 rose to 200 KB: it is the one
-        # change between the bf16 K = 128 scan that passed on the H200 and the K = 256 one that crashed
-        # there (benchmarks/results/2026-11-30-run5; which kernel faulted is not known)
-        RELOAD=BK > 128 and qe.element_size() == 4,
+    # fp32 at K = 256 needs it (296 KB of shared memory otherwise).  16-bit tiles fit without it
+    # (147 KB at K = 256 for triton 3.6, sm_90), and with it bf16 rose to 200 KB: it is the one
+    # change between the bf16 K = 128 scan that passed on the H200 and the K = 256 one that crashed
+    # there (benchmarks/results/2026-11-30-run5; which kernel faulted is not known)
+    reload = BK > 128 and qe.element_size() == 4
+    consts = dict(HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, PREC=dot_precision(qe.dtype), RELOAD=reload,
+                  num_warps=num_warps)
+    # only the slots live in a chunk and its merge slot are written, and only those are read
+    dhs = torch.empty_like(hs)
+    du = torch.empty_like(u)
+    chunk_inter_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
+        qe, w, kd, om, do, gam, live, merge, dh, dhs, du, chunk_offsets, NC, **consts,
     )
-    return dqe.sum(0), dw.sum(0), dkd.sum(0), du, dgam.sum(0), dom.sum(0), dh
+    dqe, dw, dkd = torch.empty_like(qe), torch.empty_like(w), torch.empty_like(kd)
+    dgam = torch.empty_like(gam)
+    dom = torch.zeros_like(om)
+    chunk_inter_grads_kernel[(NC, HV)](
+        qe, w, kd, u, gam, om, do, hs, dhs, live, merge, dqe, dw, dkd, dgam, dom, **consts,
+    )
+    return dqe, dw, dkd, du, dgam, dom, dh
 
 
 class ChunkInterFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qe, w, kd, u, gam, om, h0, meta):
-        o, ht, _, _ = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta)
+        o, ht, _, _, _ = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta)
         ctx.save_for_backward(qe, w, kd, u, gam, om, h0)
         ctx.meta = meta
         return o, ht
