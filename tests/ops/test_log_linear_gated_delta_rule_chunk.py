@@ -93,6 +93,26 @@ def test_chunk_matches_recurrent_forward_and_backward(B, T, H, HV, K, V, L, star
         assert_close(a, b, 1e-5, f"d{name}")
 
 
+def test_slot_scan_with_several_value_blocks(monkeypatch):
+    """The GPU splits V into blocks (one program each in the scans, a loop in the per-chunk gradient
+    kernel); the interpreter takes one block unless told otherwise: here 16-wide blocks over V = 40."""
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter
+
+    monkeypatch.setattr(chunk_inter, "_blocks", lambda K, V: (max(16, K), 16, 4))
+    B, T, H, HV, K, V, L = 2, 200, 1, 2, 32, 40, 6
+    q, k, v, g, beta, lam = make_inputs(B, T, H, HV, K, V, L, seed=21)
+    h0 = random_state(B, HV, L, K, V, [45, 130])
+    inputs = [q, k, v, g, beta, lam, h0.states]
+    out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
+                                            _force_triton=True)
+    ref = naive_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0,
+                                                      output_final_state=True)
+    assert_close(out[0], ref[0], 1e-5, "o")
+    assert_close(out[1].states, ref[1].states, 1e-5, "final states")
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "level_scales", "h0"], grads(out, inputs), grads(ref, inputs)):
+        assert_close(a, b, 1e-5, f"d{name}")
+
+
 def test_chunk_matches_quadratic():
     q, k, v, g, beta, lam = make_inputs(2, 150, 1, 1, 32, 16, 8, seed=3)
     o, _ = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, scale=0.3, _force_triton=True)
