@@ -9,6 +9,7 @@ They must run without ``TRITON_INTERPRET``, so the tests call them in a subproce
     python -m tests.ops.sm90 scalar-kernels      # scalar op: every kernel at two configurations
     python -m tests.ops.sm90 scalar-resources    # registers and spills (ptxas -v), benchmark shape
     python -m tests.ops.sm90 decode-kernels      # both decode kernels, new state and in place
+    python -m tests.ops.sm90 gdn-scan-shared     # GDN slot-scan launches: shared memory, every dtype and head dim
     python -m tests.ops.sm90 gdn-scan-resources  # GDN slot-scan kernels: registers and spills (ptxas -v)
 
 The resource drivers are tools, not tests: the scalar kernels' speed on the H200 tracked their register
@@ -29,8 +30,10 @@ import triton
 MMA_HEAD_DIMS = [(16, 16), (128, 16), (128, 128)]
 
 
-def lower(fn, consts: dict, scalars: dict, ptrs: dict, num_warps: int, until: str = "ttgir"):
-    """``fn`` compiled for sm_90 up to stage ``until`` ("ttgir" or "ptx"); returns that stage's text.
+def lower(fn, consts: dict, scalars: dict, ptrs: dict, num_warps: int, until: str = "ttgir",
+          num_stages: int | None = None, metadata: dict | None = None):
+    """``fn`` compiled for sm_90 up to stage ``until`` ("ttgir", "llir" or "ptx"); returns that
+    stage's text and fills ``metadata`` (shared memory bytes under "shared" from "llir" on).
     Arguments not in ``consts`` / ``scalars`` are pointers, to ``ptrs.get(name, "fp32")``;
     ``consts`` leaves out the kernel's constexprs it does not take."""
     from triton._C.libtriton import ir
@@ -43,14 +46,15 @@ def lower(fn, consts: dict, scalars: dict, ptrs: dict, num_warps: int, until: st
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     sig = {n: "constexpr" if n in consts else scalars.get(n) or "*" + ptrs.get(n, "fp32") for n in fn.arg_names}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts)
-    opts = backend.parse_options({"num_warps": num_warps, **src.parse_options()})
+    launch = {"num_warps": num_warps} if num_stages is None else {"num_warps": num_warps, "num_stages": num_stages}
+    opts = backend.parse_options({**launch, **src.parse_options()})
     ctx = ir.context()
     ir.load_dialects(ctx)
     backend.load_dialects(ctx)
     mod = src.make_ir(target, opts, backend.get_codegen_implementation(opts), backend.get_module_map(), ctx)
     stages = {}
     backend.add_stages(stages, opts, src.language)
-    metadata = {}
+    metadata = {} if metadata is None else metadata
     for ext in ("ttir", "ttgir", "llir", "ptx"):
         mod = stages[ext](mod, metadata)
         if ext == until:
@@ -83,8 +87,9 @@ def hopper_mma_widths() -> dict:
     from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_local_fused as cf
     from fla_loglinear.ops.triton_env import dot_precision
 
-    def widths(*args):
-        found = re.findall(r"nvidia_mma<\{versionMajor = 3[^}]*instrShape = \[16, (\d+), \d+\]", lower(*args))
+    def widths(fn, consts, scalars, ptrs, num_warps, num_stages=None):
+        found = re.findall(r"nvidia_mma<\{versionMajor = 3[^}]*instrShape = \[16, (\d+), \d+\]",
+                           lower(fn, consts, scalars, ptrs, num_warps, num_stages=num_stages))
         assert found, "no wgmma layout found: the check would be vacuous"
         return sorted({int(n) for n in found})
 
@@ -101,17 +106,53 @@ def hopper_mma_widths() -> dict:
             BK, BV, num_warps = ci._blocks(K, V)
             consts = dict(HV=2, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=dot_precision(torch.float32))
             if bwd:
-                fns, consts["RELOAD"] = (ci.chunk_inter_bwd_kernel, ci.chunk_inter_grads_kernel), BK > 128
+                launches = [(ci.chunk_inter_bwd_kernel, dict(RELOAD=BK > 128))]
+                launches += [(ci.chunk_inter_grads_kernel, launch) for launch in ci.grads_launches(torch.float32)]
             else:
-                fns = (ci.chunk_inter_fwd_kernel,)
-                consts.update(HAS_H0=True, STORE=True)
-            for fn in fns:
-                out[f"{fn.__name__} K={K} V={V}"] = widths(fn, consts, {"NC": "i32"}, SCAN_PTRS, num_warps)
+                launches = [(ci.chunk_inter_fwd_kernel, dict(HAS_H0=True, STORE=True))]
+            for fn, launch in launches:
+                launch = dict(launch)
+                stages = launch.pop("num_stages", None)
+                groups = ",".join(k for k, v in launch.items() if v is True and k != "RELOAD")
+                out[f"{fn.__name__} {groups} K={K} V={V}"] = widths(fn, {**consts, **launch}, {"NC": "i32"}, SCAN_PTRS,
+                                                                   num_warps, stages)
     return out
 
 
 SCAN_PTRS = {"chunk_offsets": "i32", "pos_start": "i64", "pos_end": "i64", "live_out": "i64", "live_in": "i64",
              "merge_out": "i32", "merge_in": "i32"}
+
+
+# shared memory per block on the H200 (sm_90), as triton 3.6 reports its limit (run 17)
+H200_SHARED_BYTES = 232448
+
+
+def gdn_scan_shared() -> dict:
+    """``{launch: shared memory bytes}`` of every GDN slot-scan kernel launch the CUDA path makes,
+    at head dims 16-256 in fp32 / bf16 / fp16 (run 17 found a launch over the limit)."""
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter as ci
+    from fla_loglinear.ops.triton_env import dot_precision
+
+    ci._INTERPRET = False
+    out = {}
+    for dtype, dt in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16")):
+        ptrs = {n: dt for n in ("qe", "w", "kd", "u", "hs", "dhs", "dqe", "dw", "dkd")}
+        ptrs.update(SCAN_PTRS)
+        for K in (16, 32, 64, 128, 256):
+            BK, BV, num_warps = ci._blocks(K, K)
+            base = dict(HV=16, K=K, V=K, L=14, C=64, BK=BK, BV=BV, PREC=dot_precision(dtype))
+            launches = [(ci.chunk_inter_fwd_kernel, dict(HAS_H0=True, STORE=store), f"fwd STORE={store}")
+                        for store in (False, True)]
+            launches.append((ci.chunk_inter_bwd_kernel, dict(RELOAD=BK > 128 and dtype == torch.float32), "bwd"))
+            launches += [(ci.chunk_inter_grads_kernel, launch, "grads " + ",".join(k for k, v in launch.items() if v is True))
+                         for launch in ci.grads_launches(dtype)]
+            for fn, extra, name in launches:
+                extra = dict(extra)
+                stages = extra.pop("num_stages", None)
+                md = {}
+                lower(fn, {**base, **extra}, {"NC": "i32"}, ptrs, num_warps, "llir", stages, md)
+                out[f"{dt} K={K} {name}"] = md["shared"]
+    return out
 
 
 def gdn_scan_resources() -> dict:
@@ -224,7 +265,7 @@ def run_uninterpreted(driver: str):
 
 DRIVERS = {"hopper-mma-widths": hopper_mma_widths, "scalar-kernels": scalar_kernels,
            "scalar-resources": scalar_resources, "decode-kernels": decode_kernels,
-           "gdn-scan-resources": gdn_scan_resources}
+           "gdn-scan-resources": gdn_scan_resources, "gdn-scan-shared": gdn_scan_shared}
 
 if __name__ == "__main__":
     print(json.dumps(DRIVERS[sys.argv[1]]()))

@@ -449,9 +449,22 @@ def test_local_switch_env_var():
 # Triton GPU IR for sm_90 at the block sizes the CUDA path picks and their MMA layouts are read.
 def test_no_narrow_tf32_wgmma_on_hopper():
     got = run_uninterpreted("hopper-mma-widths")
-    assert len(got) == 5 * len(MMA_HEAD_DIMS)  # fused fwd / bwd, scan fwd, scan bwd, scan grads
+    # fused fwd / bwd, scan fwd, scan bwd, scan grads in three fp32 launches
+    assert len(got) == 7 * len(MMA_HEAD_DIMS)
     narrow = {name: w for name, w in got.items() if min(w) < 16}
     assert not narrow, f"8-column fp32 (TF32) wgmma in {narrow}"
+
+
+def test_slot_scan_launches_fit_hopper_shared_memory():
+    """Every slot-scan launch of the CUDA path, lowered for sm_90, fits the H200's shared memory
+    (run 17: the fp32 per-chunk gradient kernel needed 352 KB in one launch)."""
+    from tests.ops.sm90 import H200_SHARED_BYTES
+
+    got = run_uninterpreted("gdn-scan-shared")
+    # 3 dtypes x 5 head dims x (fwd, replay, bwd scan) + grads launches: 1 for 16-bit, 3 for fp32
+    assert len(got) == 5 * (3 * 3 + 1 + 1 + 3)
+    over = {name: b for name, b in got.items() if b > H200_SHARED_BYTES}
+    assert not over, f"over the H200's {H200_SHARED_BYTES} bytes of shared memory: {over}"
 
 
 # ---------------------------------------------------------------- GPU (native Triton) -----

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from fla_loglinear.ops.triton_env import dot_precision, interpreter_on
 
-__all__ = ["ChunkInterFunction", "chunk_inter"]
+__all__ = ["ChunkInterFunction", "chunk_inter", "grads_launches"]
 
 _INTERPRET = interpreter_on()
 
@@ -200,11 +200,15 @@ def chunk_inter_grads_kernel(
     qe, w, kd, u, gam, om, do, hs, dhs, live_in, merge_in,
     dqe, dw, dkd, dgam, dom,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, RELOAD: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    DQ: tl.constexpr, DW: tl.constexpr, DKD: tl.constexpr,
 ):
     # Everything else of the backward, one program per (chunk, head): the chunks are independent
     # once the slot states (hs, the forward replay) and their gradients (dhs) are stored, so this
-    # runs at full occupancy and sums over V inside (no per-V-block partial results).
+    # runs at full occupancy and sums over V inside (no per-V-block partial results).  DQ: the
+    # gradients through the output (dqe, domega, dgamma); DW, DKD: through the transition.  fp32
+    # tiles take one launch per group: all products at once need more shared memory than the
+    # H200 has (run 17: 352 KB at K = 128); see grads_launches.
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     live = tl.load(live_in + i_c)
     mm = tl.load(merge_in + i_c)
@@ -216,27 +220,29 @@ def chunk_inter_grads_kernel(
     p_ck = r[:, None] * K + o_k[None, :]
     base = (i_c * HV + i_h) * L * K * V
     b_eg = tl.exp(tl.load(gam + i_c * HV + i_h).to(tl.float32))
-    if not RELOAD:
+    if DQ:
         b_qe = tl.load(qe + p_ck, mask=m_ck, other=0.)
-        b_w = tl.load(w + p_ck, mask=m_ck, other=0.)
+        b_dqe = tl.zeros([C, BK], dtype=tl.float32)
+        b_dg = tl.zeros([], dtype=tl.float32)
+    if DW:
         b_kd = tl.load(kd + p_ck, mask=m_ck, other=0.)
-
-    b_dqe = tl.zeros([C, BK], dtype=tl.float32)
-    b_dw = tl.zeros([C, BK], dtype=tl.float32)
-    b_dkd = tl.zeros([C, BK], dtype=tl.float32)
-    b_dg = tl.zeros([], dtype=tl.float32)
-    for i_v in range(tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < V
-        # the chunk's keys Kd^T U enter slot mm
-        b_u = tl.load(u + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)
-        b_dm = tl.load(dhs + base + mm * K * V + o_k[:, None] * V + o_v[None, :],
-                       mask=m_k[:, None] & m_v[None, :], other=0.)
-        b_dkd += tl.dot(b_u, tl.trans(b_dm.to(b_u.dtype)), input_precision=PREC)
+        b_dw = tl.zeros([C, BK], dtype=tl.float32)
+    if DKD:
+        b_w = tl.load(w + p_ck, mask=m_ck, other=0.)
+        b_dkd = tl.zeros([C, BK], dtype=tl.float32)
+        for i_v in range(tl.cdiv(V, BV)):
+            o_v = i_v * BV + tl.arange(0, BV)
+            m_v = o_v < V
+            # the chunk's keys Kd^T U enter slot mm
+            b_u = tl.load(u + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)
+            b_dm = tl.load(dhs + base + mm * K * V + o_k[:, None] * V + o_v[None, :],
+                           mask=m_k[:, None] & m_v[None, :], other=0.)
+            b_dkd += tl.dot(b_u, tl.trans(b_dm.to(b_u.dtype)), input_precision=PREC)
     for l in range(L):
         if ((live >> l) & 1) == 1:
-            b_om = tl.load(om + r * L + l).to(tl.float32)
-            b_dom = tl.zeros([C], dtype=tl.float32)
+            if DQ:
+                b_om = tl.load(om + r * L + l).to(tl.float32)
+                b_dom = tl.zeros([C], dtype=tl.float32)
             # slots <= mm were merged: their gradient after the chunk is slot mm's
             l_d = tl.where(l <= mm, mm, l)
             for i_v in range(tl.cdiv(V, BV)):
@@ -246,29 +252,29 @@ def chunk_inter_grads_kernel(
                 o_kv = o_k[:, None] * V + o_v[None, :]
                 b_s = tl.load(hs + base + l * K * V + o_kv, mask=m_kv, other=0.)
                 b_d = tl.load(dhs + base + l_d * K * V + o_kv, mask=m_kv, other=0.)
-                b_do = tl.load(do + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
-                if RELOAD:
-                    # large K: each [C, K] operand re-read (from L2) right before its use
-                    b_qe = tl.load(qe + p_ck, mask=m_ck, other=0.)
-                b_sd = b_s.to(b_qe.dtype)
-                b_dd = b_d.to(b_qe.dtype)
-                b_dqe += tl.dot((b_om[:, None] * b_do).to(b_qe.dtype), tl.trans(b_sd), input_precision=PREC)
-                b_dom += tl.sum(tl.dot(b_qe, b_sd, input_precision=PREC) * b_do, 1)
-                # S' = e^gamma S - Kd^T (W S)
-                b_dg += b_eg * tl.sum(b_s.to(tl.float32) * b_d.to(tl.float32))
-                if RELOAD:
-                    b_kd = tl.load(kd + p_ck, mask=m_ck, other=0.)
-                b_x = tl.dot(b_kd, b_dd, input_precision=PREC)
-                b_dw -= tl.dot(b_x.to(b_kd.dtype), tl.trans(b_sd), input_precision=PREC)
-                if RELOAD:
-                    b_w = tl.load(w + p_ck, mask=m_ck, other=0.)
-                b_ws = tl.dot(b_w, b_sd, input_precision=PREC)
-                b_dkd -= tl.dot(b_ws.to(b_kd.dtype), tl.trans(b_dd), input_precision=PREC)
-            tl.store(dom + r * L + l, b_dom)
-    tl.store(dqe + p_ck, b_dqe.to(dqe.dtype.element_ty), mask=m_ck)
-    tl.store(dw + p_ck, b_dw.to(dw.dtype.element_ty), mask=m_ck)
-    tl.store(dkd + p_ck, b_dkd.to(dkd.dtype.element_ty), mask=m_ck)
-    tl.store(dgam + i_c * HV + i_h, b_dg)
+                b_sd = b_s.to(qe.dtype.element_ty)
+                b_dd = b_d.to(qe.dtype.element_ty)
+                if DQ:
+                    b_do = tl.load(do + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
+                    b_dqe += tl.dot((b_om[:, None] * b_do).to(b_qe.dtype), tl.trans(b_sd), input_precision=PREC)
+                    b_dom += tl.sum(tl.dot(b_qe, b_sd, input_precision=PREC) * b_do, 1)
+                    # S' = e^gamma S - Kd^T (W S)
+                    b_dg += b_eg * tl.sum(b_s.to(tl.float32) * b_d.to(tl.float32))
+                if DW:
+                    b_x = tl.dot(b_kd, b_dd, input_precision=PREC)
+                    b_dw -= tl.dot(b_x.to(b_kd.dtype), tl.trans(b_sd), input_precision=PREC)
+                if DKD:
+                    b_ws = tl.dot(b_w, b_sd, input_precision=PREC)
+                    b_dkd -= tl.dot(b_ws.to(b_w.dtype), tl.trans(b_dd), input_precision=PREC)
+            if DQ:
+                tl.store(dom + r * L + l, b_dom)
+    if DQ:
+        tl.store(dqe + p_ck, b_dqe.to(dqe.dtype.element_ty), mask=m_ck)
+        tl.store(dgam + i_c * HV + i_h, b_dg)
+    if DW:
+        tl.store(dw + p_ck, b_dw.to(dw.dtype.element_ty), mask=m_ck)
+    if DKD:
+        tl.store(dkd + p_ck, b_dkd.to(dkd.dtype.element_ty), mask=m_ck)
 
 
 def _blocks(K: int, V: int):
@@ -284,6 +290,17 @@ def _blocks(K: int, V: int):
     else:
         BV = max(min_bv, min(triton.next_power_of_2(V), 32 if K >= 128 else 64))
     return BK, BV, num_warps
+
+
+def grads_launches(dtype: torch.dtype) -> list[dict]:
+    """The product groups (and launch options) :func:`chunk_inter_grads_kernel` runs in for inputs
+    of ``dtype``: all at once for 16-bit tiles; for fp32 (three-pass TF32 products) one launch per
+    group without multi-buffered loads, to fit shared memory (at most 192 KB at K = 256 with
+    triton 3.6 on sm_90; ``tests/ops/sm90.py`` checks every launch)."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return [dict(DQ=True, DW=True, DKD=True)]
+    return [dict(DQ=dq, DW=dw, DKD=dkd, num_stages=1)
+            for dq, dw, dkd in ((True, False, False), (False, True, False), (False, False, True))]
 
 
 def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, store: bool = False):
@@ -346,9 +363,11 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
     dqe, dw, dkd = torch.empty_like(qe), torch.empty_like(w), torch.empty_like(kd)
     dgam = torch.empty_like(gam)
     dom = torch.zeros_like(om)
-    chunk_inter_grads_kernel[(NC, HV)](
-        qe, w, kd, u, gam, om, do, hs, dhs, live, merge, dqe, dw, dkd, dgam, dom, **consts,
-    )
+    consts.pop("RELOAD")
+    for launch in grads_launches(qe.dtype):
+        chunk_inter_grads_kernel[(NC, HV)](
+            qe, w, kd, u, gam, om, do, hs, dhs, live, merge, dqe, dw, dkd, dgam, dom, **launch, **consts,
+        )
     return dqe, dw, dkd, du, dgam, dom, dh
 
 
