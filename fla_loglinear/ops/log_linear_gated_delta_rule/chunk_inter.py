@@ -347,10 +347,8 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
         dh = torch.zeros(N, HV, L, K, V, dtype=torch.float32, device=dev)
     else:
         dh = dht.to(torch.float32, copy=True).contiguous()
-    # fp32 at K = 256 needs it (296 KB of shared memory otherwise).  16-bit tiles fit without it
-    # (147 KB at K = 256 for triton 3.6, sm_90), and with it bf16 rose to 200 KB: it is the one
-    # change between the bf16 K = 128 scan that passed on the H200 and the K = 256 one that crashed
-    # there (benchmarks/results/2026-11-30-run5; which kernel faulted is not known)
+    # fp32 [C, 256] operands re-read per use (shared memory); the split scan passed the H200
+    # tests this way (results run 18), and 16-bit tiles fit without it
     reload = BK > 128 and qe.element_size() == 4
     consts = dict(HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, PREC=dot_precision(qe.dtype), RELOAD=reload,
                   num_warps=num_warps)
