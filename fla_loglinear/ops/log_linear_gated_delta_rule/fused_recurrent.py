@@ -91,7 +91,8 @@ def fused_recurrent_fwd_kernel(
 
 
 def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale, initial_state,
-                                                    state_v_first, cu_seqlens, N, inplace=False):
+                                                    state_v_first, cu_seqlens, N, lengths, inplace=False):
+    """``lengths``: the new tokens per sequence (``T``, or ``[N]`` with ``cu_seqlens``)."""
     B, T, H, K = q.shape
     HV, V, L = v.shape[2], v.shape[3], level_scales.shape[-1]
     if initial_state is None:
@@ -119,8 +120,6 @@ def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scal
     )
     if inplace:  # the caller advances the positions (finish_inplace)
         return o, None
-    # a decoding step is mostly launch overhead: equal lengths need no length tensor
-    lengths = T if cu_seqlens is None else cu_seqlens.diff().long()
     # buf is in the caller's layout; return it as [N, HV, L, K, V] so state_out can transpose back
     kv = buf.transpose(-1, -2) if state_v_first else buf
     return o, FenwickState(kv, positions + lengths)
@@ -177,9 +176,12 @@ def fused_recurrent_log_linear_gated_delta_rule(
         scale = K ** -0.5
     triton_path = use_kernels(q, opts.force_triton, K, L)
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
+    # a decoding step is mostly launch overhead: equal lengths need no length tensor
+    lengths = T if cu_seqlens is None else cu_seqlens.diff().long()
     if triton_path:
         o, final = fused_recurrent_log_linear_gated_delta_rule_fwd(
-            q, k, v, g, beta, level_scales, scale, state, opts.state_v_first, cu_seqlens, N, inplace_final_state
+            q, k, v, g, beta, level_scales, scale, state, opts.state_v_first, cu_seqlens, N, lengths,
+            inplace_final_state,
         )
     else:
         o, final = naive_recurrent_log_linear_gated_delta_rule(
@@ -187,7 +189,6 @@ def fused_recurrent_log_linear_gated_delta_rule(
             output_final_state=output_final_state or inplace_final_state, cu_seqlens=cu_seqlens,
         )
     if inplace_final_state:
-        lengths = T if cu_seqlens is None else cu_seqlens.diff()
         # the kernel wrote the states already; the reference's new ones are copied in
         final = finish_inplace(initial_state, None if triton_path else state_out(final, opts.state_v_first), lengths)
         return o, (final if output_final_state else None)
