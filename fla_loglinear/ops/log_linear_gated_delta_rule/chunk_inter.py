@@ -24,7 +24,7 @@ import triton.language as tl
 
 from fla_loglinear.ops.triton_env import dot_precision, interpreter_on
 
-__all__ = ["ChunkInterFunction", "chunk_inter", "grads_launches"]
+__all__ = ["ChunkInterFunction", "chunk_inter", "grads_launches", "reloads_operands"]
 
 _INTERPRET = interpreter_on()
 
@@ -219,8 +219,8 @@ def chunk_inter_grads_kernel(
     r = (i_c * HV + i_h) * C + o_c
     p_ck = r[:, None] * K + o_k[None, :]
     base = (i_c * HV + i_h) * L * K * V
-    b_eg = tl.exp(tl.load(gam + i_c * HV + i_h).to(tl.float32))
     if DQ:
+        b_eg = tl.exp(tl.load(gam + i_c * HV + i_h).to(tl.float32))
         b_qe = tl.load(qe + p_ck, mask=m_ck, other=0.)
         b_dqe = tl.zeros([C, BK], dtype=tl.float32)
         b_dg = tl.zeros([], dtype=tl.float32)
@@ -292,6 +292,13 @@ def _blocks(K: int, V: int):
     return BK, BV, num_warps
 
 
+def reloads_operands(BK: int, dtype: torch.dtype) -> bool:
+    """Whether the slot-gradient scan re-reads its ``[C, K]`` operands per use: fp32 at K = 256
+    (shared memory); the split scan passed the H200 tests this way (results run 18), and 16-bit
+    tiles fit without it."""
+    return BK > 128 and dtype == torch.float32
+
+
 def grads_launches(dtype: torch.dtype) -> list[dict]:
     """The product groups (and launch options) :func:`chunk_inter_grads_kernel` runs in for inputs
     of ``dtype``: all at once for 16-bit tiles; for fp32 (three-pass TF32 products) one launch per
@@ -347,21 +354,16 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
         dh = torch.zeros(N, HV, L, K, V, dtype=torch.float32, device=dev)
     else:
         dh = dht.to(torch.float32, copy=True).contiguous()
-    # fp32 [C, 256] operands re-read per use (shared memory); the split scan passed the H200
-    # tests this way (results run 18), and 16-bit tiles fit without it
-    reload = BK > 128 and qe.element_size() == 4
-    consts = dict(HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, PREC=dot_precision(qe.dtype), RELOAD=reload,
-                  num_warps=num_warps)
+    consts = dict(HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, PREC=dot_precision(qe.dtype), num_warps=num_warps)
     # only the slots live in a chunk and its merge slot are written, and only those are read
     dhs = torch.empty_like(hs)
     du = torch.empty_like(u)
     chunk_inter_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
-        qe, w, kd, om, do, gam, live, merge, dh, dhs, du, chunk_offsets, NC, **consts,
+        qe, w, kd, om, do, gam, live, merge, dh, dhs, du, chunk_offsets, NC, RELOAD=reloads_operands(BK, qe.dtype), **consts,
     )
     dqe, dw, dkd = torch.empty_like(qe), torch.empty_like(w), torch.empty_like(kd)
     dgam = torch.empty_like(gam)
     dom = torch.zeros_like(om)
-    consts.pop("RELOAD")
     for launch in grads_launches(qe.dtype):
         chunk_inter_grads_kernel[(NC, HV)](
             qe, w, kd, u, gam, om, do, hs, dhs, live, merge, dqe, dw, dkd, dgam, dom, **launch, **consts,
@@ -381,11 +383,9 @@ class ChunkInterFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dht):
         qe, w, kd, u, gam, om, h0 = ctx.saved_tensors
+        # every gradient comes back in its input's dtype (the kernels store it so)
         dqe, dw, dkd, du, dgam, dom, dh0 = chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, ctx.meta)
-        return (
-            dqe.to(qe.dtype), dw.to(w.dtype), dkd.to(kd.dtype), du.to(u.dtype), dgam.to(gam.dtype),
-            dom.to(om.dtype), dh0 if h0 is not None else None, None,
-        )
+        return dqe, dw, dkd, du, dgam, dom, dh0 if h0 is not None else None, None
 
 
 def chunk_inter(qe, w, kd, u, gam, om, h0, meta):
