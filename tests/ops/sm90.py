@@ -83,9 +83,7 @@ def ptx_resources(ptx: str) -> dict:
 
 def hopper_mma_widths() -> dict:
     """``{kernel and shape: sorted wgmma N widths}`` of the GDN slot scan and fused local kernels (fp32)."""
-    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter as ci
     from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_local_fused as cf
-    from fla_loglinear.ops.triton_env import dot_precision
 
     def widths(fn, consts, scalars, ptrs, num_warps, num_stages=None):
         found = re.findall(r"nvidia_mma<\{versionMajor = 3[^}]*instrShape = \[16, (\d+), \d+\]",
@@ -93,7 +91,6 @@ def hopper_mma_widths() -> dict:
         assert found, "no wgmma layout found: the check would be vacuous"
         return sorted({int(n) for n in found})
 
-    ci._INTERPRET = False  # the CUDA block sizes
     out = {}
     for K, V in MMA_HEAD_DIMS:
         for bwd in (False, True):
@@ -103,24 +100,35 @@ def hopper_mma_widths() -> dict:
             scalars = {"NC": "i32", "scale": "fp32", "L": "i32"}
             out[f"fused {'bwd' if bwd else 'fwd'} K={K} V={V}"] = widths(fn, consts, scalars, {"a_off": "i32"},
                                                                          cf.NUM_WARPS)
-            BK, BV, num_warps = ci._blocks(K, V)
-            consts = dict(HV=2, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=dot_precision(torch.float32))
-            if bwd:
-                launches = [(ci.chunk_inter_bwd_kernel, dict(RELOAD=BK > 128))]
-                launches += [(ci.chunk_inter_grads_kernel, launch) for launch in ci.grads_launches(torch.float32)]
-            else:
-                launches = [(ci.chunk_inter_fwd_kernel, dict(HAS_H0=True, STORE=True))]
-            for fn, launch in launches:
-                launch = dict(launch)
-                stages = launch.pop("num_stages", None)
-                groups = ",".join(k for k, v in launch.items() if v is True and k != "RELOAD")
-                out[f"{fn.__name__} {groups} K={K} V={V}"] = widths(fn, {**consts, **launch}, {"NC": "i32"}, SCAN_PTRS,
-                                                                   num_warps, stages)
+        for name, fn, consts, ptrs, num_warps, stages in gdn_scan_launches(K, V, torch.float32):
+            out[f"scan {name} K={K} V={V}"] = widths(fn, consts, {"NC": "i32"}, ptrs, num_warps, stages)
     return out
 
 
-SCAN_PTRS = {"chunk_offsets": "i32", "pos_start": "i64", "pos_end": "i64", "live_out": "i64", "live_in": "i64",
-             "merge_out": "i32", "merge_in": "i32"}
+def gdn_scan_launches(K: int, V: int, dtype: torch.dtype) -> list[tuple]:
+    """``(name, kernel, constexprs, pointer dtypes, num_warps, num_stages)`` of every GDN slot-scan
+    launch the CUDA path makes at head dims ``K``, ``V`` (forward, replay, slot-gradient scan, the
+    per-chunk gradient kernel's launches)."""
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter as ci
+    from fla_loglinear.ops.triton_env import dot_precision
+
+    ci._INTERPRET = False  # the CUDA block sizes
+    dt = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    ptrs = {n: dt for n in ("qe", "w", "kd", "u", "hs", "dhs", "dqe", "dw", "dkd")}
+    ptrs.update(chunk_offsets="i32", pos_start="i64", pos_end="i64", live_out="i64", live_in="i64",
+                merge_out="i32", merge_in="i32")
+    BK, BV, num_warps = ci._blocks(K, V)
+    base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=dot_precision(dtype))
+    out = [(f"fwd STORE={store}", ci.chunk_inter_fwd_kernel, dict(base, HAS_H0=True, STORE=store), ptrs, num_warps,
+            None) for store in (False, True)]
+    out.append(("bwd", ci.chunk_inter_bwd_kernel, dict(base, RELOAD=ci.reloads_operands(BK, dtype)), ptrs, num_warps,
+                None))
+    for launch in ci.grads_launches(dtype):
+        launch = dict(launch)
+        stages = launch.pop("num_stages", None)
+        groups = ",".join(k for k, on in launch.items() if on)
+        out.append((f"grads {groups}", ci.chunk_inter_grads_kernel, dict(base, **launch), ptrs, num_warps, stages))
+    return out
 
 
 # shared memory per block on the H200 (sm_90), as triton 3.6 reports its limit (run 17)
@@ -130,46 +138,20 @@ H200_SHARED_BYTES = 232448
 def gdn_scan_shared() -> dict:
     """``{launch: shared memory bytes}`` of every GDN slot-scan kernel launch the CUDA path makes,
     at head dims 16-256 in fp32 / bf16 / fp16 (run 17 found a launch over the limit)."""
-    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter as ci
-    from fla_loglinear.ops.triton_env import dot_precision
-
-    ci._INTERPRET = False
     out = {}
-    for dtype, dt in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16")):
-        ptrs = {n: dt for n in ("qe", "w", "kd", "u", "hs", "dhs", "dqe", "dw", "dkd")}
-        ptrs.update(SCAN_PTRS)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for K in (16, 32, 64, 128, 256):
-            BK, BV, num_warps = ci._blocks(K, K)
-            base = dict(HV=16, K=K, V=K, L=14, C=64, BK=BK, BV=BV, PREC=dot_precision(dtype))
-            launches = [(ci.chunk_inter_fwd_kernel, dict(HAS_H0=True, STORE=store), f"fwd STORE={store}")
-                        for store in (False, True)]
-            launches.append((ci.chunk_inter_bwd_kernel, dict(RELOAD=BK > 128 and dtype == torch.float32), "bwd"))
-            launches += [(ci.chunk_inter_grads_kernel, launch, "grads " + ",".join(k for k, v in launch.items() if v is True))
-                         for launch in ci.grads_launches(dtype)]
-            for fn, extra, name in launches:
-                extra = dict(extra)
-                stages = extra.pop("num_stages", None)
+            for name, fn, consts, ptrs, num_warps, stages in gdn_scan_launches(K, K, dtype):
                 md = {}
-                lower(fn, {**base, **extra}, {"NC": "i32"}, ptrs, num_warps, "llir", stages, md)
-                out[f"{dt} K={K} {name}"] = md["shared"]
+                lower(fn, consts, {"NC": "i32"}, ptrs, num_warps, "llir", stages, md)
+                out[f"{dtype} K={K} {name}"] = md["shared"]
     return out
 
 
 def gdn_scan_resources() -> dict:
-    """``{kernel: ptxas resources}`` of the GDN slot-scan kernels at the benchmark shape (bf16, K = V = 128)."""
-    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter as ci
-
-    ci._INTERPRET = False
-    BK, BV, num_warps = ci._blocks(128, 128)
-    consts = dict(HV=16, K=128, V=128, L=14, C=64, BK=BK, BV=BV, PREC="tf32", RELOAD=False, HAS_H0=False)
-    ptrs = {n: "bf16" for n in ("qe", "w", "kd", "u", "hs", "dhs", "dqe", "dw", "dkd")}
-    ptrs.update(SCAN_PTRS)
-    out = {}
-    for fn, extra in ((ci.chunk_inter_fwd_kernel, dict(STORE=False)), (ci.chunk_inter_fwd_kernel, dict(STORE=True)),
-                      (ci.chunk_inter_bwd_kernel, {}), (ci.chunk_inter_grads_kernel, {})):
-        name = fn.__name__ + ("" if not extra else f" STORE={extra['STORE']}")
-        out[name] = ptx_resources(lower(fn, {**consts, **extra}, {"NC": "i32"}, ptrs, num_warps, "ptx"))
-    return out
+    """``{launch: ptxas resources}`` of the GDN slot-scan kernels at the benchmark shape (bf16, K = V = 128)."""
+    return {name: ptx_resources(lower(fn, consts, {"NC": "i32"}, ptrs, num_warps, "ptx", stages))
+            for name, fn, consts, ptrs, num_warps, stages in gdn_scan_launches(128, 128, torch.bfloat16)}
 
 
 # (K, V, dtype) of the scalar op's compile check: the benchmark shape in bf16, and fp32 with four

@@ -77,20 +77,27 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("B,T,H,HV,K,V,L,start", CASES)
-def test_chunk_matches_recurrent_forward_and_backward(B, T, H, HV, K, V, L, start):
-    q, k, v, g, beta, lam = make_inputs(B, T, H, HV, K, V, L)
-    h0 = None if start is None else random_state(B, HV, L, K, V, start)
-    inputs = [q, k, v, g, beta, lam] + ([] if h0 is None else [h0.states])
-    out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
-                                            _force_triton=True)
-    ref = naive_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0,
-                                                      output_final_state=True)
-    assert_close(out[0], ref[0], 1e-5, "o")
-    assert_close(out[1].states, ref[1].states, 1e-5, "final states")
+def assert_chunk_matches_recurrent(xs, h0, cu_seqlens=None, tol=1e-5, **kwargs):
+    """The Triton path (the interpreter here) against the float64 token-recurrent reference: output,
+    final state and the gradient of every input; returns the chunked op's ``(o, final state)``."""
+    inputs = list(xs) + ([] if h0 is None else [h0.states])
+    out = chunk_log_linear_gated_delta_rule(*xs, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens,
+                                            _force_triton=True, **kwargs)
+    h0_ref = None if h0 is None else FenwickState(h0.states.double(), h0.positions)
+    ref = naive_recurrent_log_linear_gated_delta_rule(*(x.double() for x in xs), initial_state=h0_ref,
+                                                      output_final_state=True, cu_seqlens=cu_seqlens)
+    assert_close(out[0], ref[0], tol, "o")
+    assert_close(out[1].states, ref[1].states, tol, "final states")
     assert torch.equal(out[1].positions, ref[1].positions)
     for name, a, b in zip(["q", "k", "v", "g", "beta", "level_scales", "h0"], grads(out, inputs), grads(ref, inputs)):
-        assert_close(a, b, 1e-5, f"d{name}")
+        assert_close(a, b, tol, f"d{name}")
+    return out
+
+
+@pytest.mark.parametrize("B,T,H,HV,K,V,L,start", CASES)
+def test_chunk_matches_recurrent_forward_and_backward(B, T, H, HV, K, V, L, start):
+    h0 = None if start is None else random_state(B, HV, L, K, V, start)
+    assert_chunk_matches_recurrent(make_inputs(B, T, H, HV, K, V, L), h0)
 
 
 def test_slot_scan_with_several_value_blocks(monkeypatch):
@@ -100,17 +107,7 @@ def test_slot_scan_with_several_value_blocks(monkeypatch):
 
     monkeypatch.setattr(chunk_inter, "_blocks", lambda K, V: (max(16, K), 16, 4))
     B, T, H, HV, K, V, L = 2, 200, 1, 2, 32, 40, 6
-    q, k, v, g, beta, lam = make_inputs(B, T, H, HV, K, V, L, seed=21)
-    h0 = random_state(B, HV, L, K, V, [45, 130])
-    inputs = [q, k, v, g, beta, lam, h0.states]
-    out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
-                                            _force_triton=True)
-    ref = naive_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0,
-                                                      output_final_state=True)
-    assert_close(out[0], ref[0], 1e-5, "o")
-    assert_close(out[1].states, ref[1].states, 1e-5, "final states")
-    for name, a, b in zip(["q", "k", "v", "g", "beta", "level_scales", "h0"], grads(out, inputs), grads(ref, inputs)):
-        assert_close(a, b, 1e-5, f"d{name}")
+    assert_chunk_matches_recurrent(make_inputs(B, T, H, HV, K, V, L, seed=21), random_state(B, HV, L, K, V, [45, 130]))
 
 
 def test_chunk_matches_quadratic():
@@ -126,15 +123,7 @@ def test_varlen_matches_per_sequence_runs():
     q, k, v, g, beta, lam = make_inputs(1, T, 1, 2, 32, 16, 6, seed=4)
     h0 = random_state(3, 2, 6, 32, 16, start)
     cu = torch.tensor([0, 5, 75, 200])
-    inputs = [q, k, v, g, beta, lam, h0.states]
-    out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
-                                            cu_seqlens=cu, _force_triton=True)
-    ref = naive_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0,
-                                                      output_final_state=True, cu_seqlens=cu)
-    assert_close(out[0], ref[0], 1e-5, "o")
-    assert_close(out[1].states, ref[1].states, 1e-5, "final states")
-    for name, a, b in zip(["q", "k", "v", "g", "beta", "lam", "h0"], grads(out, inputs), grads(ref, inputs)):
-        assert_close(a, b, 1e-5, f"d{name}")
+    out = assert_chunk_matches_recurrent((q, k, v, g, beta, lam), h0, cu)
     # and the packed run equals each sequence alone
     for n, (bos, eos) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
         part = [x[:, bos:eos] for x in (q, k, v, g, beta, lam)]
@@ -364,42 +353,20 @@ def test_fused_local_half_precision(dtype, exact_bf16_dot):
     (2, 130, 1, 2, 64, 32, 5, [37, 300], None),
 ])
 def test_chunk_with_fused_local_matches_recurrent(B, T, H, HV, K, V, L, start, cu):
-    q, k, v, g, beta, lam = (x.detach().float().requires_grad_(True)
-                             for x in make_inputs(B, T, H, HV, K, V, L, seed=21))
+    xs = [x.detach().float().requires_grad_(True) for x in make_inputs(B, T, H, HV, K, V, L, seed=21)]
     N = B if cu is None else len(cu) - 1
     h0 = None if start is None else random_state(N, HV, L, K, V, start)
     cu = None if cu is None else torch.tensor(cu)
-    inputs = [q, k, v, g, beta, lam] + ([] if h0 is None else [h0.states])
-    out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
-                                            cu_seqlens=cu, _force_triton=True, _gdn_local="triton")
-    h0_ref = None if h0 is None else FenwickState(h0.states.double(), h0.positions)
-    ref = naive_recurrent_log_linear_gated_delta_rule(*(x.double() for x in (q, k, v, g, beta, lam)),
-                                                      initial_state=h0_ref, output_final_state=True,
-                                                      cu_seqlens=cu)
-    assert_close(out[0], ref[0], 1e-4, "o")
-    assert_close(out[1].states, ref[1].states, 1e-4, "final states")
-    for name, a, b in zip(["q", "k", "v", "g", "beta", "lam", "h0"], grads(out, inputs), grads(ref, inputs)):
-        assert_close(a, b, 1e-4, f"d{name}")
+    assert_chunk_matches_recurrent(xs, h0, cu, tol=1e-4, _gdn_local="triton")
 
 
 @pytest.mark.parametrize("local", ["triton", "torch"])
 def test_chunk_bf16_matches_recurrent(local, exact_bf16_dot):
     """bf16 end to end (fused or PyTorch local part, bf16 slot scan) against the float64 recurrence."""
     B, T, H, HV, K, V, L, start, cu = 1, 199, 1, 2, 32, 16, 6, [0, 63, 129], [0, 5, 75, 199]
-    q, k, v, g, beta, lam = (x.detach().bfloat16().requires_grad_(True)
-                             for x in make_inputs(B, T, H, HV, K, V, L, seed=23))
-    h0 = random_state(3, HV, L, K, V, start)
-    cu = torch.tensor(cu)
-    inputs = [q, k, v, g, beta, lam, h0.states]
-    out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
-                                            cu_seqlens=cu, _force_triton=True, _gdn_local=local)
-    ref = naive_recurrent_log_linear_gated_delta_rule(*(x.double() for x in (q, k, v, g, beta, lam)),
-                                                      initial_state=FenwickState(h0.states.double(), h0.positions),
-                                                      output_final_state=True, cu_seqlens=cu)
-    assert_close(out[0], ref[0], 3e-2, "o")
-    assert_close(out[1].states, ref[1].states, 3e-2, "final states")
-    for name, a, b in zip(["q", "k", "v", "g", "beta", "lam", "h0"], grads(out, inputs), grads(ref, inputs)):
-        assert_close(a, b, 3e-2, f"d{name}")
+    xs = [x.detach().bfloat16().requires_grad_(True) for x in make_inputs(B, T, H, HV, K, V, L, seed=23)]
+    assert_chunk_matches_recurrent(xs, random_state(3, HV, L, K, V, start), torch.tensor(cu), tol=3e-2,
+                                   _gdn_local=local)
 
 
 @pytest.mark.skipif(CUDA, reason="checks the dispatch of CPU inputs under the interpreter")
@@ -449,8 +416,8 @@ def test_local_switch_env_var():
 # Triton GPU IR for sm_90 at the block sizes the CUDA path picks and their MMA layouts are read.
 def test_no_narrow_tf32_wgmma_on_hopper():
     got = run_uninterpreted("hopper-mma-widths")
-    # fused fwd / bwd, scan fwd, scan bwd, scan grads in three fp32 launches
-    assert len(got) == 7 * len(MMA_HEAD_DIMS)
+    # fused fwd / bwd; scan fwd, replay, bwd, grads in three fp32 launches
+    assert len(got) == 8 * len(MMA_HEAD_DIMS)
     narrow = {name: w for name, w in got.items() if min(w) < 16}
     assert not narrow, f"8-column fp32 (TF32) wgmma in {narrow}"
 
