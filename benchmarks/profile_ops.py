@@ -22,7 +22,9 @@ from fla_loglinear.ops import chunk_log_linear_attn, chunk_log_linear_gated_delt
 H, D, TOKENS, STEPS = 16, 128, 32768, 5
 
 
-def make_step(op: str, T: int):
+def make_inputs(op: str, T: int):
+    """The benchmark shape's inputs of ``op`` (requiring grad, in the op's argument order) and an
+    output gradient."""
     B, L = max(1, TOKENS // T), num_levels(T)
     dt, dev = torch.bfloat16, "cuda"
     q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt) for _ in range(3))
@@ -30,10 +32,15 @@ def make_step(op: str, T: int):
     lam = torch.rand(B, T, H, L, device=dev, dtype=dt)
     do = torch.randn_like(v)
     if op == "scalar":
-        leaves = [x.requires_grad_(True) for x in (q, k, v, g, lam)]
-        return lambda: chunk_log_linear_attn(*leaves)[0].backward(do)
+        return [x.requires_grad_(True) for x in (q, k, v, g, lam)], do
     beta = torch.rand(B, T, H, device=dev, dtype=dt)
-    leaves = [x.requires_grad_(True) for x in (q, k, v, g, beta, lam)]
+    return [x.requires_grad_(True) for x in (q, k, v, g, beta, lam)], do
+
+
+def make_step(op: str, T: int):
+    leaves, do = make_inputs(op, T)
+    if op == "scalar":
+        return lambda: chunk_log_linear_attn(*leaves)[0].backward(do)
     local = "torch" if op == "gdn-torch" else "triton"
     return lambda: chunk_log_linear_gated_delta_rule(
         *leaves, use_qk_l2norm_in_kernel=True, _gdn_local=local)[0].backward(do)

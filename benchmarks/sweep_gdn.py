@@ -15,13 +15,11 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.nn.functional as F
 
-from fla_loglinear.levels import num_levels
 from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter, chunk_log_linear_gated_delta_rule
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from profile_ops import D, H, TOKENS  # noqa: E402
+from profile_ops import make_inputs  # noqa: E402
 from sweep_scalar import apply, time_ms  # noqa: E402
 
 DEFAULT_BLOCKS = chunk_inter._blocks
@@ -49,16 +47,8 @@ SETTINGS = {
 
 
 def make_case(T: int):
-    """The benchmark's inputs (bf16, H = 16, K = V = 128, B = 32768 / T) and a fwd+bwd step that
-    returns the output and every gradient."""
-    B, L = max(1, TOKENS // T), num_levels(T)
-    dev, dt = "cuda", torch.bfloat16
-    q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt) for _ in range(3))
-    g = F.logsigmoid(torch.randn(B, T, H, device=dev))
-    beta = torch.rand(B, T, H, device=dev, dtype=dt)
-    lam = torch.rand(B, T, H, L, device=dev, dtype=dt)
-    leaves = [x.requires_grad_(True) for x in (q, k, v, g, beta, lam)]
-    do = torch.randn_like(v)
+    """A fwd+bwd step of the benchmark shape that returns the output and every gradient."""
+    leaves, do = make_inputs("gdn", T)
 
     def step():
         o = chunk_log_linear_gated_delta_rule(*leaves, use_qk_l2norm_in_kernel=True)[0]
