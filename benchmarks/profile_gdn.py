@@ -20,7 +20,7 @@ import triton
 from fla_loglinear.levels import num_levels
 from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_log_linear_gated_delta_rule
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import chunk_inter_bwd, chunk_inter_fwd
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, from_chunks, make_layout
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, from_tokens, make_layout
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import (
     ChunkLocalFusedFunction,
     chunk_local_fused_fwd,
@@ -78,7 +78,7 @@ def profile(T: int) -> None:
     print(" forward stages")
     qn, kn = _l2norm(q), _l2norm(k)
     row("l2norm q, k (PyTorch)", lambda: (_l2norm(q), _l2norm(k)))
-    row("make_layout (host sync)", lambda: make_layout(B, T, None, None, q.device))
+    row("make_layout (cached)", lambda: make_layout(B, T, None, None, q.device))
     layout = make_layout(B, T, None, None, q.device)
     row("chunk_local_fwd (PyTorch, fp32)",
         lambda: chunk_local_fwd(qn, kn, v, g, beta, lam, scale, layout, torch.float32))
@@ -91,16 +91,17 @@ def profile(T: int) -> None:
     qe, w, kd, u = (x.to(dt) for x in (qe, w, kd, u))
     gamma, omega = gamma.float().contiguous(), omega.float().contiguous()
     meta = (layout.chunk_offsets, layout.pos_start, layout.pos_end, B, L)
-    row("chunk_inter_fwd (Triton slot scan)", lambda: chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta))
+    row("chunk_inter_fwd (Triton slot scan, adds o_intra)",
+        lambda: chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, o_intra, dt))
     row("chunk_inter_fwd, storing slots (bwd replay)",
         lambda: chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, store=True))
-    o_inter = chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta)[0]
-    row("from_chunks(o_intra + o_inter)", lambda: from_chunks(o_intra + o_inter, layout, B, T).to(dt))
+    o = chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, o_intra, dt)[0]
+    row("from_tokens(o)", lambda: from_tokens(o, layout, B, T))
 
     print(" backward stages")
-    dchunks = torch.randn(layout.NC, H, 64, D, device=dev, dtype=torch.float32)
-    row("chunk_inter_bwd (replay + reverse scan)",
-        lambda: chunk_inter_bwd(qe, w, kd, u, gamma, omega, None, dchunks, None, meta))
+    do_rows = torch.randn(layout.NC * 64, H, D, device=dev, dtype=dt)
+    row("chunk_inter_bwd (replay + reverse scan + per-chunk grads)",
+        lambda: chunk_inter_bwd(qe, w, kd, u, gamma, omega, None, do_rows, None, meta))
     loc_in = [x.detach().clone().requires_grad_(True) for x in (qn, kn, v, g, beta, lam)]
     outs = chunk_local_fwd(*loc_in, scale, layout, torch.float32)
     diff = [x for x in outs if x.requires_grad]

@@ -117,12 +117,17 @@ def gdn_scan_launches(K: int, V: int, dtype: torch.dtype) -> list[tuple]:
     ptrs = {n: dt for n in ("qe", "w", "kd", "u", "hs", "dhs", "dqe", "dw", "dkd")}
     ptrs.update(chunk_offsets="i32", pos_start="i64", pos_end="i64", live_out="i64", live_in="i64",
                 merge_out="i32", merge_in="i32")
+    prec = dot_precision(dtype)
+    out = []
+    # the sweeps take 16-wide V blocks when 32-wide ones give few programs
+    for BK, BV, num_warps in sorted({ci._scan_blocks(K, V, few) for few in (False, True)}):
+        base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec)
+        out += [(f"fwd STORE={store} BV={BV}", ci.chunk_inter_fwd_kernel, dict(base, HAS_H0=True, STORE=store), ptrs,
+                 num_warps, None) for store in (False, True)]
+        out.append((f"bwd BV={BV}", ci.chunk_inter_bwd_kernel, dict(base, RELOAD=ci.reloads_operands(BK, dtype)), ptrs,
+                    num_warps, None))
     BK, BV, num_warps = ci._blocks(K, V)
-    base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=dot_precision(dtype))
-    out = [(f"fwd STORE={store}", ci.chunk_inter_fwd_kernel, dict(base, HAS_H0=True, STORE=store), ptrs, num_warps,
-            None) for store in (False, True)]
-    out.append(("bwd", ci.chunk_inter_bwd_kernel, dict(base, RELOAD=ci.reloads_operands(BK, dtype)), ptrs, num_warps,
-                None))
+    base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec)
     for launch in ci.grads_launches(dtype):
         launch = dict(launch)
         stages = launch.pop("num_stages", None)

@@ -416,8 +416,9 @@ def test_local_switch_env_var():
 # Triton GPU IR for sm_90 at the block sizes the CUDA path picks and their MMA layouts are read.
 def test_no_narrow_tf32_wgmma_on_hopper():
     got = run_uninterpreted("hopper-mma-widths")
-    # fused fwd / bwd; scan fwd, replay, bwd, grads in three fp32 launches
-    assert len(got) == 8 * len(MMA_HEAD_DIMS)
+    # fused fwd / bwd; scan fwd, replay, bwd, grads in three fp32 launches; at K = 128 the scans
+    # also at their 16-wide V blocks
+    assert len(got) == 8 * len(MMA_HEAD_DIMS) + 3 * sum(K == 128 for K, _ in MMA_HEAD_DIMS)
     narrow = {name: w for name, w in got.items() if min(w) < 16}
     assert not narrow, f"8-column fp32 (TF32) wgmma in {narrow}"
 
@@ -428,8 +429,9 @@ def test_slot_scan_launches_fit_hopper_shared_memory():
     from tests.ops.sm90 import H200_SHARED_BYTES
 
     got = run_uninterpreted("gdn-scan-shared")
-    # 3 dtypes x 5 head dims x (fwd, replay, bwd scan) + grads launches: 1 for 16-bit, 3 for fp32
-    assert len(got) == 5 * (3 * 3 + 1 + 1 + 3)
+    # 3 dtypes x 5 head dims x (fwd, replay, bwd scan) + grads launches: 1 for 16-bit, 3 for fp32;
+    # the scans at K = 128 also at their 16-wide V blocks
+    assert len(got) == 5 * (3 * 3 + 1 + 1 + 3) + 3 * 3
     over = {name: b for name, b in got.items() if b > H200_SHARED_BYTES}
     assert not over, f"over the H200's {H200_SHARED_BYTES} bytes of shared memory: {over}"
 
@@ -445,6 +447,23 @@ def test_slot_scan_launches_fit_hopper_shared_memory():
     (torch.float32, 2048, 2e-3, "torch"), (torch.bfloat16, 4096, 3e-2, "torch"),
 ])
 def test_gpu_forward_backward_vs_reference(dtype, T, tol, local):
+    check_gpu_vs_reference(dtype, T, tol, local)
+
+
+# this shape has few programs, so the sweeps take 16-wide V blocks; a batch of many sequences and
+# heads takes 32-wide ones (results run 19), forced here
+@needs_cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.bfloat16, 3e-2)])
+def test_gpu_slot_scan_with_many_programs(monkeypatch, dtype, tol):
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter
+
+    monkeypatch.setattr(chunk_inter, "few_programs", lambda NH, V, device: False)
+    check_gpu_vs_reference(dtype, 2048, tol, "triton")
+
+
+def check_gpu_vs_reference(dtype, T, tol, local):
+    """The CUDA path from a random state against the chunked PyTorch reference in float32: output,
+    final state and every gradient."""
     B, H, HV, K, V, L = 1, 2, 4, 128, 128, 14
     q, k, v, g, beta, lam = make_inputs(B, T, H, HV, K, V, L, dtype=dtype, device="cuda", seed=10)
     h0 = random_state(B, HV, L, K, V, [1234567], device="cuda")

@@ -7,7 +7,7 @@ import torch
 
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import chunk_inter
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, from_chunks, make_layout
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, from_tokens, make_layout
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import chunk_local_fused_fwd
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
 from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_chunk_log_linear_gated_delta_rule
@@ -90,8 +90,8 @@ def chunk_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale,
     qe, w, kd, u = (x.to(mm_dtype) for x in (qe, w, kd, u))
     h0 = None if initial_state is None else initial_state.without_empty_slots().states
     meta = (layout.chunk_offsets, layout.pos_start, layout.pos_end, N, L)
-    o_inter, ht = chunk_inter(qe, w, kd, u, gamma.float(), omega.float(), h0, meta)
-    o = from_chunks(o_intra + o_inter.to(acc), layout, B, T).to(v.dtype)
+    o, ht = chunk_inter(qe, w, kd, u, gamma.float(), omega.float(), o_intra, h0, meta, v.dtype)
+    o = from_tokens(o, layout, B, T)
     if end_keys is not None:
         ht = ht + end_keys.float()
     final = FenwickState(ht, layout.pos_end.clone()) if output_final_state else None

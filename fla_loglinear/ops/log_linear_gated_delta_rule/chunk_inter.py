@@ -18,6 +18,8 @@ did all eight products per live slot and wrote per-V-block partial sums.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -42,7 +44,7 @@ def _merge_slot(a, b, L: tl.constexpr):
 
 @triton.jit(do_not_specialize=["NC"])
 def chunk_inter_fwd_kernel(
-    qe, w, kd, u, gam, om, o, ht, hs, live_out, merge_out,
+    qe, w, kd, u, gam, om, oi, o, ht, hs, live_out, merge_out,
     chunk_offsets, pos_start, pos_end, NC,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE: tl.constexpr, PREC: tl.constexpr,
@@ -79,6 +81,7 @@ def chunk_inter_fwd_kernel(
             tl.store(merge_out + i_c, mm)
 
         r = (i_c * HV + i_h) * C + o_c
+        t = (i_c * C + o_c) * HV + i_h  # token rows (the op's output and its gradient)
         b_qe = tl.load(qe + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
         b_w = tl.load(w + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
         b_kd = tl.load(kd + r[:, None] * K + o_k[None, :], mask=m_ck, other=0.)
@@ -108,7 +111,10 @@ def chunk_inter_fwd_kernel(
                 else:
                     tl.store(p_h + l * K * V, b_s, mask=m_kv)
         if not STORE:
-            tl.store(o + r[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_v[None, :])
+            # the chunk-local part joins here, so the op's output is written once, in its dtype
+            b_oi = tl.load(oi + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)
+            b_o = b_oi + b_o.to(b_oi.dtype)
+            tl.store(o + t[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_v[None, :])
         live = (live & ~((tl.full([], 2, tl.int64) << mm) - 1)) | (tl.full([], 1, tl.int64) << mm)
         # the next chunk reads slots other threads of this program just wrote
         tl.debug_barrier()
@@ -147,11 +153,12 @@ def chunk_inter_bwd_kernel(
         mm = tl.load(merge_in + i_c)
         live = tl.load(live_in + i_c)
         r = (i_c * HV + i_h) * C + o_c
+        t = (i_c * C + o_c) * HV + i_h  # token rows of the output gradient
         p_dhs = dhs + (i_c * HV + i_h) * L * K * V + o_kv
         p_kd = kd + r[:, None] * K + o_k[None, :]
         p_wt = w + r[None, :] * K + o_k[:, None]
         p_qet = qe + r[None, :] * K + o_k[:, None]
-        b_do = tl.load(do + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
+        b_do = tl.load(do + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
         b_eg = tl.exp(tl.load(gam + i_c * HV + i_h).to(tl.float32))
         if not RELOAD:
             b_kd = tl.load(p_kd, mask=m_ck, other=0.)
@@ -217,6 +224,7 @@ def chunk_inter_grads_kernel(
     m_k = o_k < K
     m_ck = m_k[None, :]
     r = (i_c * HV + i_h) * C + o_c
+    t = (i_c * C + o_c) * HV + i_h  # token rows of the output gradient
     p_ck = r[:, None] * K + o_k[None, :]
     base = (i_c * HV + i_h) * L * K * V
     if DQ:
@@ -255,7 +263,7 @@ def chunk_inter_grads_kernel(
                 b_sd = b_s.to(qe.dtype.element_ty)
                 b_dd = b_d.to(qe.dtype.element_ty)
                 if DQ:
-                    b_do = tl.load(do + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
+                    b_do = tl.load(do + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
                     b_dqe += tl.dot((b_om[:, None] * b_do).to(b_qe.dtype), tl.trans(b_sd), input_precision=PREC)
                     b_dom += tl.sum(tl.dot(b_qe, b_sd, input_precision=PREC) * b_do, 1)
                     # S' = e^gamma S - Kd^T (W S)
@@ -278,6 +286,7 @@ def chunk_inter_grads_kernel(
 
 
 def _blocks(K: int, V: int):
+    """``(BK, BV, num_warps)`` of the per-chunk gradient kernel, whose V loop runs inside."""
     BK = max(16, triton.next_power_of_2(K))
     num_warps = 8 if BK >= 128 else 4
     # With 8 warps Triton splits the columns of a [64, BV] product over two warpgroups; BV = 16
@@ -290,6 +299,35 @@ def _blocks(K: int, V: int):
     else:
         BV = max(min_bv, min(triton.next_power_of_2(V), 32 if K >= 128 else 64))
     return BK, BV, num_warps
+
+
+def _scan_blocks(K: int, V: int, few: bool):
+    """``(BK, BV, num_warps)`` of the sequential sweeps (forward, replay, slot-gradient scan), one
+    program per (sequence, value head, V block).  Results run 19 (bf16, K = V = 128, fwd+bwd): one
+    warpgroup beats two now that they keep no ``[C, K]`` accumulators (16.8 -> 15.4 ms at 4K), and
+    with ``few`` programs (:func:`few_programs`) 16-wide V blocks win (29.8 -> 27.4 ms at 32K, 59.8 ->
+    54.5 ms at 64K, where 32-wide blocks made 64 programs for 132 SMs).  K = 256 keeps two
+    warpgroups (its ``[K, BV]`` slot tiles) and with them 32-wide blocks (see :func:`_blocks`)."""
+    BK, BV, num_warps = _blocks(K, V)
+    if BK == 128 and not _INTERPRET:
+        return BK, 16 if few else BV, 4
+    return BK, BV, num_warps
+
+
+def few_programs(NH: int, V: int, device: torch.device) -> bool:
+    """Whether 32-wide V blocks give the sweeps fewer programs than the GPU has SMs (``NH`` =
+    sequences x value heads).  Results run 19-20 at the benchmark shape: 16-wide blocks were faster
+    at 32K and 64K tokens per sequence (64 programs of 32 columns on 132 SMs) but slower at 4K (512,
+    where they make 1024), and at 8K (256) they made the fwd+bwd 17.8 ms against about 16 expected."""
+    if device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return NH * triton.cdiv(V, 32) < _sm_count(index)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def reloads_operands(BK: int, dtype: torch.dtype) -> bool:
@@ -310,18 +348,20 @@ def grads_launches(dtype: torch.dtype) -> list[dict]:
             for dq, dw, dkd in ((True, False, False), (False, True, False), (False, False, True))]
 
 
-def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, store: bool = False):
-    """Runs the forward sweep; returns ``(o_inter [NC, HV, C, V] fp32, ht, hs, live, merge)``.
+def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra=None, out_dtype=None, store: bool = False):
+    """Runs the forward sweep; returns ``(o, ht, hs, live, merge)``.
 
+    The forward adds the slots' part of the output to the chunk-local part ``o_intra``
+    ``[NC * C, HV, V]`` (padded token rows) and returns the sum ``o`` in the same rows in ``out_dtype``.
     ``store=True`` is the backward's replay: it records every chunk's pre-chunk slots ``hs``
     ``[NC, HV, L, K, V]``, live-slot masks and merge slots, and computes no output.
     """
     chunk_offsets, pos_start, pos_end, N, L = meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
-    BK, BV, num_warps = _blocks(K, V)
+    BK, BV, num_warps = _scan_blocks(K, V, few_programs(N * HV, V, qe.device))
     dev = qe.device
-    o = torch.empty(NC, HV, C, V, dtype=torch.float32, device=dev) if not store else None
+    o = None if store else torch.empty(NC * C, HV, V, dtype=out_dtype, device=dev)
     if h0 is None:
         ht = torch.zeros(N, HV, L, K, V, dtype=torch.float32, device=dev)
     else:
@@ -331,7 +371,7 @@ def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, store: bool = False):
     merge = torch.empty(NC, dtype=torch.int32, device=dev) if store else pos_start
     grid = (triton.cdiv(V, BV), N * HV)
     chunk_inter_fwd_kernel[grid](
-        qe, w, kd, u, gam, om, ht if store else o, ht, hs, live, merge,
+        qe, w, kd, u, gam, om, ht if store else o_intra, ht if store else o, ht, hs, live, merge,
         chunk_offsets, pos_start, pos_end, NC,
         HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE=store, PREC=dot_precision(qe.dtype),
         num_warps=num_warps,
@@ -346,7 +386,6 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
     chunk_offsets, pos_start, pos_end, N, L = meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
-    BK, BV, num_warps = _blocks(K, V)
     _, _, hs, live, merge = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, store=True)
     dev = qe.device
     do = do.contiguous()
@@ -354,19 +393,23 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
         dh = torch.zeros(N, HV, L, K, V, dtype=torch.float32, device=dev)
     else:
         dh = dht.to(torch.float32, copy=True).contiguous()
-    consts = dict(HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, PREC=dot_precision(qe.dtype), num_warps=num_warps)
+    consts = dict(HV=HV, K=K, V=V, L=L, C=C, PREC=dot_precision(qe.dtype))
     # only the slots live in a chunk and its merge slot are written, and only those are read
     dhs = torch.empty_like(hs)
     du = torch.empty_like(u)
+    BK, BV, num_warps = _scan_blocks(K, V, few_programs(N * HV, V, dev))
     chunk_inter_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
-        qe, w, kd, om, do, gam, live, merge, dh, dhs, du, chunk_offsets, NC, RELOAD=reloads_operands(BK, qe.dtype), **consts,
+        qe, w, kd, om, do, gam, live, merge, dh, dhs, du, chunk_offsets, NC, RELOAD=reloads_operands(BK, qe.dtype),
+        BK=BK, BV=BV, num_warps=num_warps, **consts,
     )
+    BK, BV, num_warps = _blocks(K, V)
     dqe, dw, dkd = torch.empty_like(qe), torch.empty_like(w), torch.empty_like(kd)
     dgam = torch.empty_like(gam)
     dom = torch.zeros_like(om)
     for launch in grads_launches(qe.dtype):
         chunk_inter_grads_kernel[(NC, HV)](
-            qe, w, kd, u, gam, om, do, hs, dhs, live, merge, dqe, dw, dkd, dgam, dom, **launch, **consts,
+            qe, w, kd, u, gam, om, do, hs, dhs, live, merge, dqe, dw, dkd, dgam, dom,
+            BK=BK, BV=BV, num_warps=num_warps, **launch, **consts,
         )
     return dqe, dw, dkd, du, dgam, dom, dh
 
@@ -374,8 +417,8 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
 class ChunkInterFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, qe, w, kd, u, gam, om, h0, meta):
-        o, ht, _, _, _ = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta)
+    def forward(ctx, qe, w, kd, u, gam, om, o_intra, h0, meta, out_dtype):
+        o, ht, _, _, _ = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype)
         ctx.save_for_backward(qe, w, kd, u, gam, om, h0)
         ctx.meta = meta
         return o, ht
@@ -385,10 +428,12 @@ class ChunkInterFunction(torch.autograd.Function):
         qe, w, kd, u, gam, om, h0 = ctx.saved_tensors
         # every gradient comes back in its input's dtype (the kernels store it so)
         dqe, dw, dkd, du, dgam, dom, dh0 = chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, ctx.meta)
-        return dqe, dw, dkd, du, dgam, dom, dh0 if h0 is not None else None, None
+        # o = o_intra + the slots' part
+        return dqe, dw, dkd, du, dgam, dom, do, dh0 if h0 is not None else None, None, None
 
 
-def chunk_inter(qe, w, kd, u, gam, om, h0, meta):
-    """``(o_inter, final slots)`` of the sequential sweep; differentiable in every tensor input."""
-    qe, w, kd, u, gam, om = (x.contiguous() for x in (qe, w, kd, u, gam, om))
-    return ChunkInterFunction.apply(qe, w, kd, u, gam, om, h0, meta)
+def chunk_inter(qe, w, kd, u, gam, om, o_intra, h0, meta, out_dtype):
+    """``(o, final slots)``: the op's output ``o_intra`` + the sequential sweep's part, ``[NC * C, HV, V]``
+    padded token rows in ``out_dtype``; differentiable in every tensor input."""
+    qe, w, kd, u, gam, om, o_intra = (x.contiguous() for x in (qe, w, kd, u, gam, om, o_intra))
+    return ChunkInterFunction.apply(qe, w, kd, u, gam, om, o_intra, h0, meta, out_dtype)

@@ -22,13 +22,14 @@ stays the CPU path, the ``FLA_LOGLINEAR_GDN_LOCAL=torch`` fallback and the tests
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from fla_loglinear.levels import bit_length, level_matrix, state_slot_weights
 
-__all__ = ["ChunkLayout", "make_layout", "to_chunks", "from_chunks", "chunk_local_fwd", "end_chunk_keys"]
+__all__ = ["ChunkLayout", "make_layout", "to_chunks", "from_tokens", "chunk_local_fwd", "end_chunk_keys"]
 
 
 @dataclass
@@ -50,36 +51,45 @@ class ChunkLayout:
 def make_layout(B: int, T: int, cu_seqlens, positions, device, C: int = 64) -> ChunkLayout:
     """Aligned chunk layout; ``positions`` is the per-sequence start (host ints or None).
 
-    Needs the start positions modulo ``C`` and the sequence lengths on the host (one sync,
-    like fla's prepare_chunk_indices for varlen inputs).
+    Needs the sequence lengths and the start positions on the host (``cu_seqlens`` is read once,
+    like fla's prepare_chunk_indices for varlen inputs).  Built from one host-to-device copy with no
+    stream synchronisation, and cached per (shape, offsets, starts, device): every layer of a model,
+    and every training step of fixed shapes, reuses it.  Its tensors are shared, so read-only.
     """
-    if cu_seqlens is None:
-        bos = [n * T for n in range(B)]
-        lens = [T] * B
+    offs = None if cu_seqlens is None else tuple(cu_seqlens.tolist())
+    starts = None if positions is None else tuple(int(p) for p in positions)
+    return _make_layout(B, T, offs, starts, torch.device(device), C)
+
+
+@functools.lru_cache(maxsize=16)
+def _make_layout(B: int, T: int, offs, starts, device: torch.device, C: int) -> ChunkLayout:
+    if offs is None:
+        bos, lens = [n * T for n in range(B)], [T] * B
     else:
-        offs = cu_seqlens.tolist()
-        bos, lens = offs[:-1], [b - a for a, b in zip(offs[:-1], offs[1:])]
+        bos, lens = list(offs[:-1]), [b - a for a, b in zip(offs[:-1], offs[1:])]
     N = len(lens)
-    p0 = [0] * N if positions is None else [int(p) for p in positions]
+    p0 = [0] * N if starts is None else list(starts)
     nchunks = [(p + n - 1) // C - p // C + 1 for p, n in zip(p0, lens)]
     offsets = [0]
     for nc in nchunks:
         offsets.append(offsets[-1] + nc)
     NC = offsets[-1]
-    shift = torch.tensor([offsets[n] * C + p0[n] % C - bos[n] for n in range(N)], device=device)
-    seq_of_token = torch.repeat_interleave(torch.arange(N, device=device), torch.tensor(lens, device=device))
-    slot_idx = torch.arange(B * T, device=device) + shift[seq_of_token]
-    seq_of_chunk = torch.repeat_interleave(torch.arange(N, device=device), torch.tensor(nchunks, device=device))
-    first_chunk = torch.tensor(offsets[:-1], device=device)
-    start = torch.tensor(p0, dtype=torch.int64, device=device)
-    chunk_base = ((start // C)[seq_of_chunk] + torch.arange(NC, device=device) - first_chunk[seq_of_chunk]) * C
+    shift = [offsets[n] * C + p0[n] % C - bos[n] for n in range(N)]
+    # one pageable copy without a sync: the driver stages the host list before the call returns
+    host = torch.tensor([*offsets, *p0, *lens, *nchunks, *shift], dtype=torch.int64)
+    dev = host.to(device, non_blocking=True)
+    offsets_d, start, lens_d, nchunks_d, shift_d = dev.split([N + 1, N, N, N, N])
+    seqs = torch.arange(N, device=device)
+    seq_of_token = torch.repeat_interleave(seqs, lens_d, output_size=B * T)
+    seq_of_chunk = torch.repeat_interleave(seqs, nchunks_d, output_size=NC)
+    chunk_base = ((start // C)[seq_of_chunk] + torch.arange(NC, device=device) - offsets_d[seq_of_chunk]) * C
     return ChunkLayout(
         C=C,
         NC=NC,
-        slot_idx=slot_idx,
-        chunk_offsets=torch.tensor(offsets, dtype=torch.int32, device=device),
+        slot_idx=torch.arange(B * T, device=device) + shift_d[seq_of_token],
+        chunk_offsets=offsets_d.to(torch.int32),
         pos_start=start,
-        pos_end=start + torch.tensor(lens, dtype=torch.int64, device=device),
+        pos_end=start + lens_d,
         row_pos=chunk_base[:, None] + torch.arange(C, device=device),
         chunk_start=torch.maximum(chunk_base, start[seq_of_chunk]),
         identity=all(p % C == 0 and n % C == 0 for p, n in zip(p0, lens)),
@@ -96,18 +106,17 @@ def to_chunks(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
     return out.reshape(layout.NC, layout.C, *x.shape[2:]).transpose(1, 2)
 
 
-def from_chunks(x: torch.Tensor, layout: ChunkLayout, B: int, T: int) -> torch.Tensor:
-    """``[NC, H, C, ...]`` -> ``[B, T, H, ...]``."""
-    flat = x.transpose(1, 2).reshape(layout.NC * layout.C, *x.shape[1:2], *x.shape[3:])
+def from_tokens(x: torch.Tensor, layout: ChunkLayout, B: int, T: int) -> torch.Tensor:
+    """Padded token rows ``[NC * C, H, ...]`` -> ``[B, T, H, ...]`` (no copy when aligned)."""
     if not layout.identity:
-        flat = flat[layout.slot_idx]
-    return flat.reshape(B, T, *flat.shape[1:])
+        x = x[layout.slot_idx]
+    return x.reshape(B, T, *x.shape[1:])
 
 
 def chunk_local_fwd(q, k, v, g, beta, level_scales, scale: float, layout: ChunkLayout, dtype: torch.dtype):
     """Everything that only needs one chunk; inputs ``[B, T, ...]`` with q/k already on the value heads.
 
-    Returns ``(o_intra, qe, w, kd, u, gamma, omega, end_keys)``: ``[NC, HV, C, V]``, three
+    Returns ``(o_intra, qe, w, kd, u, gamma, omega, end_keys)``: ``[NC * C, HV, V]`` (padded token rows), three
     ``[NC, HV, C, K]``, ``[NC, HV, C, V]``, ``[NC, HV]``, ``omega [NC, HV, C, L]`` (the weight query
     ``t`` puts on slot ``l`` of the Fenwick state its chunk starts from) and ``end_keys``.
 
@@ -137,7 +146,7 @@ def chunk_local_fwd(q, k, v, g, beta, level_scales, scale: float, layout: ChunkL
     L = lam.shape[-1]
     lvl = level_matrix(idx, idx).clamp(min=0, max=L - 1)
     lam_mask = torch.where(incl, lam.gather(-1, lvl.expand(*lam.shape[:-1], C)), 0.0)
-    o_intra = (lam_mask * aeff) @ v
+    o_intra = ((lam_mask * aeff) @ v).transpose(1, 2).reshape(layout.NC * C, *v.shape[1:2], v.shape[-1])
     kd = (gamma[..., None] - G).exp()[..., None] * k
     t = layout.row_pos[:, None, :].expand(lam.shape[:-1])
     start = layout.chunk_start[:, None, None].expand(lam.shape[:-1])

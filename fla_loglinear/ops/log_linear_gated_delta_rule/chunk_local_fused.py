@@ -122,7 +122,8 @@ def chunk_local_fused_fwd_kernel(
         m_v = (o_v < V)[None, :]
         b_v = tl.load(v + tq * V + (r_t * V)[:, None] + o_v[None, :], mask=m_v, other=0.)
         b_o = tl.dot(b_p, b_v.to(b_A.dtype), input_precision=PREC)
-        tl.store(o + to * V + (o_i * V)[:, None] + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_v)
+        # token rows like v: the slot scan adds its part and writes the op's output in place
+        tl.store(o + tq * V + (r_t * V)[:, None] + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_v)
         b_vb = (b_v.to(tl.float32) * b_b[:, None]).to(b_A.dtype)
         b_u = tl.dot(b_A, b_vb, input_precision=PREC)
         tl.store(u + to * V + (o_i * V)[:, None] + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_v)
@@ -203,7 +204,7 @@ def chunk_local_fused_bwd_kernel(
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = (o_v < V)[None, :]
         b_v = tl.load(v + tq * V + (r_t * V)[:, None] + o_v[None, :], mask=m_v, other=0.).to(tl.float32)
-        b_do = tl.load(do + to * V + (o_i * V)[:, None] + o_v[None, :], mask=m_v, other=0.).to(b_A.dtype)
+        b_do = tl.load(do + tq * V + (r_t * V)[:, None] + o_v[None, :], mask=m_v, other=0.).to(b_A.dtype)
         b_du = tl.load(du + to * V + (o_i * V)[:, None] + o_v[None, :], mask=m_v, other=0.).to(b_A.dtype)
         b_dp += tl.dot(b_do, tl.trans(b_v.to(b_A.dtype)), input_precision=PREC)
         b_dvb = tl.dot(b_At, b_du, input_precision=PREC)
@@ -361,7 +362,8 @@ def _launch_args(lam, layout):
 
 
 class ChunkLocalFusedFunction(torch.autograd.Function):
-    """Padded-token inputs ``[NC * C, HV, ...]`` -> ``(o_intra, qe, w, kd, u, gamma, omega)``."""
+    """Padded-token inputs ``[NC * C, HV, ...]`` -> ``(o_intra, qe, w, kd, u, gamma, omega)``, ``o_intra``
+    in the same token rows, the rest ``[NC, HV, C, ...]``."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, lam, scale, layout):
@@ -373,7 +375,7 @@ class ChunkLocalFusedFunction(torch.autograd.Function):
         G2, A = wy_prep(k[None], g[None], beta[None], C)
         G2, A = G2[0], A[0]
         dev, mm = k.device, k.dtype
-        o = torch.empty(NC, HV, C, V, dtype=torch.float32, device=dev)
+        o = torch.empty(NT, HV, V, dtype=torch.float32, device=dev)
         qe = torch.empty(NC, HV, C, K, dtype=mm, device=dev)
         w = torch.empty_like(qe)
         kd = torch.empty_like(qe)
@@ -403,7 +405,7 @@ class ChunkLocalFusedFunction(torch.autograd.Function):
                 return torch.zeros(*shape, dtype=torch.float32, device=k.device)
             return x.contiguous()
 
-        do = grad_or_zeros(do, NC, HV, C, V)
+        do = grad_or_zeros(do, NT, HV, V)
         dqe, dw, dkd = (grad_or_zeros(x, NC, HV, C, K) for x in (dqe, dw, dkd))
         du = grad_or_zeros(du, NC, HV, C, V)
         dgam = grad_or_zeros(dgam, NC, HV)
