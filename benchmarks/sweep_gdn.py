@@ -1,10 +1,11 @@
 """Block widths and launch settings of the Gated DeltaNet slot scans swept on a GPU (CUDA only).
 
     python benchmarks/sweep_gdn.py 4096 65536
+    python benchmarks/sweep_gdn.py 8192 --only "scans BV=16 warps=4;scans BV=32 warps=4"
 
 Each setting replaces ``chunk_inter._scan_blocks`` (the V block width and warps of the sequential
-sweeps: forward, replay, slot-gradient scan) and/or wraps a kernel's ``run`` to override its launch
-options, as ``sweep_scalar.py`` does; the op's code is untouched.  Per length it prints the fwd+bwd time
+sweeps: forward, replay, slot-gradient scan) and/or wraps a kernel's ``run`` (the per-chunk gradient
+kernel's, the chunk-local kernels') to override its launch options, as ``sweep_scalar.py`` does; the op's code is untouched.  Per length it prints the fwd+bwd time
 (CUDA events, after a warm-up that compiles) and the largest difference of the output and every gradient
 from the defaults' (relative to their largest value), so that a fast setting that computes something
 else shows.  Results run 19 swept the settings before the sweeps' blocks depended on the number of
@@ -16,7 +17,11 @@ import sys
 
 import torch
 
-from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter, chunk_log_linear_gated_delta_rule
+from fla_loglinear.ops.log_linear_gated_delta_rule import (
+    chunk_inter,
+    chunk_local_fused,
+    chunk_log_linear_gated_delta_rule,
+)
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from profile_ops import make_inputs  # noqa: E402
@@ -24,6 +29,8 @@ from sweep_scalar import apply, time_ms  # noqa: E402
 
 DEFAULT_BLOCKS = chunk_inter._scan_blocks
 GRADS = [chunk_inter.chunk_inter_grads_kernel]
+LOCAL_FWD = [chunk_local_fused.chunk_local_fused_fwd_kernel]
+LOCAL_BWD = [chunk_local_fused.chunk_local_fused_bwd_kernel]
 
 
 def blocks(BV: int | None = None, num_warps: int | None = None):
@@ -42,6 +49,11 @@ SETTINGS = {
     "scans BV=32 warps=8 (run 18)": (blocks(32, 8), []),
     "grads stages=1": (None, [(GRADS, dict(num_stages=1))]),
     "grads warps=4": (None, [(GRADS, dict(num_warps=4))]),
+    # the chunk-local kernels (8 warps, default stages); the backward is the largest kernel at 4K (run 20)
+    "local bwd warps=4": (None, [(LOCAL_BWD, dict(num_warps=4))]),
+    "local bwd stages=1": (None, [(LOCAL_BWD, dict(num_stages=1))]),
+    "local bwd stages=2": (None, [(LOCAL_BWD, dict(num_stages=2))]),
+    "local fwd warps=4": (None, [(LOCAL_FWD, dict(num_warps=4))]),
 }
 
 
@@ -60,10 +72,13 @@ def max_rel_diff(got, want) -> float:
                for a, b in zip(got, want))
 
 
-def main(lengths: list[int]) -> None:
+def main(lengths: list[int], only: list[str] | None = None) -> None:
+    """Times every setting (or those named in ``only``, after the defaults) at each length."""
     steps = {T: make_case(T) for T in lengths}
     reference = {T: steps[T]() for T in lengths}
-    for name, (replacement, launches) in SETTINGS.items():
+    names = list(SETTINGS) if not only else ["defaults", *only]
+    for name in names:
+        replacement, launches = SETTINGS[name]
         if replacement is not None:
             chunk_inter._scan_blocks = replacement
         undo = apply(launches)
@@ -81,4 +96,8 @@ def main(lengths: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main([int(x) for x in sys.argv[1:]] or [4096, 65536])
+    # lengths, then optionally --only "setting;setting"
+    args = sys.argv[1:]
+    only = args[args.index("--only") + 1].split(";") if "--only" in args else None
+    lengths = [int(x) for x in args[:args.index("--only")]] if "--only" in args else [int(x) for x in args]
+    main(lengths or [4096, 65536], only)

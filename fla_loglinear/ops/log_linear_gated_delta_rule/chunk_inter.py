@@ -315,14 +315,14 @@ def _scan_blocks(K: int, V: int, few: bool):
 
 
 def few_programs(NH: int, V: int, device: torch.device) -> bool:
-    """Whether 32-wide V blocks give the sweeps fewer programs than the GPU has SMs (``NH`` =
-    sequences x value heads).  Results run 19-20 at the benchmark shape: 16-wide blocks were faster
-    at 32K and 64K tokens per sequence (64 programs of 32 columns on 132 SMs) but slower at 4K (512,
-    where they make 1024), and at 8K (256) they made the fwd+bwd 17.8 ms against about 16 expected."""
+    """Whether 32-wide V blocks would leave half the GPU's SMs without a sweep program (``NH`` =
+    sequences x value heads).  Results runs 19-21, fwd+bwd at the benchmark shape (132 SMs): 16-wide
+    blocks were faster with 64 programs of 32 columns (32K and 64K tokens per sequence), about even
+    with 128 (16K: 16.7 vs 16.4 ms) and slower with 256 (8K: 16.4 vs 13.6 ms) and 512 (4K)."""
     if device.type != "cuda":
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return NH * triton.cdiv(V, 32) < _sm_count(index)
+    return 2 * NH * triton.cdiv(V, 32) <= _sm_count(index)
 
 
 @functools.lru_cache(maxsize=None)
