@@ -122,7 +122,7 @@ def chunk_local_fused_fwd_kernel(
         m_v = (o_v < V)[None, :]
         b_v = tl.load(v + tq * V + (r_t * V)[:, None] + o_v[None, :], mask=m_v, other=0.)
         b_o = tl.dot(b_p, b_v.to(b_A.dtype), input_precision=PREC)
-        # token rows like v: the slot scan adds its part and writes the op's output in place
+        # token rows like v: the slot scan adds its part to these rows when it writes the op's output
         tl.store(o + tq * V + (r_t * V)[:, None] + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_v)
         b_vb = (b_v.to(tl.float32) * b_b[:, None]).to(b_A.dtype)
         b_u = tl.dot(b_A, b_vb, input_precision=PREC)
