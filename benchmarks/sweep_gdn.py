@@ -5,10 +5,10 @@
 
 Each setting replaces ``chunk_inter._scan_blocks`` (the V block width and warps of the sequential
 sweeps: forward, replay, slot-gradient scan) and/or wraps a kernel's ``run`` (the per-chunk gradient
-kernel's, the chunk-local kernels') to override its launch options, as ``sweep_scalar.py`` does; the op's code is untouched.  Per length it prints the fwd+bwd time
-(CUDA events, after a warm-up that compiles) and the largest difference of the output and every gradient
-from the defaults' (relative to their largest value), so that a fast setting that computes something
-else shows.  Results run 19 swept the settings before the sweeps' blocks depended on the number of
+kernel's, the chunk-local kernels') to override its launch options, as ``sweep_scalar.py`` does; the
+op's code is untouched.  Per length it prints the fwd+bwd time (CUDA events, after a warm-up that
+compiles) and the largest difference of the output and every gradient from the defaults' (relative to
+their largest value), so that a fast setting that computes something else shows.  Results run 19 swept the settings before the sweeps' blocks depended on the number of
 programs (then 32-wide blocks and 8 warps at K = 128 everywhere); the defaults now follow its winners.
 """
 from __future__ import annotations
@@ -17,14 +17,10 @@ import sys
 
 import torch
 
-from fla_loglinear.ops.log_linear_gated_delta_rule import (
-    chunk_inter,
-    chunk_local_fused,
-    chunk_log_linear_gated_delta_rule,
-)
+from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter, chunk_local_fused
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from profile_ops import make_inputs  # noqa: E402
+from profile_ops import make_inputs, make_step  # noqa: E402
 from sweep_scalar import apply, time_ms  # noqa: E402
 
 DEFAULT_BLOCKS = chunk_inter._scan_blocks
@@ -60,9 +56,10 @@ SETTINGS = {
 def make_case(T: int):
     """A fwd+bwd step of the benchmark shape that returns the output and every gradient."""
     leaves, do = make_inputs("gdn", T)
+    forward = make_step("gdn", T, forward_only=True, leaves=leaves)
 
     def step():
-        o = chunk_log_linear_gated_delta_rule(*leaves, use_qk_l2norm_in_kernel=True)[0]
+        o = forward()
         return [o.detach()] + list(torch.autograd.grad(o, leaves, do))
     return step
 
@@ -97,7 +94,8 @@ def main(lengths: list[int], only: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     # lengths, then optionally --only "setting;setting"
-    args = sys.argv[1:]
-    only = args[args.index("--only") + 1].split(";") if "--only" in args else None
-    lengths = [int(x) for x in args[:args.index("--only")]] if "--only" in args else [int(x) for x in args]
-    main(lengths or [4096, 65536], only)
+    args, only = sys.argv[1:], None
+    if "--only" in args:
+        i = args.index("--only")
+        args, only = args[:i], args[i + 1].split(";")
+    main([int(x) for x in args] or [4096, 65536], only)
