@@ -99,7 +99,7 @@ def hopper_mma_widths() -> dict:
             consts = dict(HV=2, K=K, V=V, NLI=7, C=64, BK=BK, BV=BV, PREC=prec)
             scalars = {"NC": "i32", "scale": "fp32", "L": "i32"}
             out[f"fused {'bwd' if bwd else 'fwd'} K={K} V={V}"] = widths(fn, consts, scalars, {"a_off": "i32"},
-                                                                         cf.NUM_WARPS)
+                                                                         cf.BWD_NUM_WARPS if bwd else cf.NUM_WARPS)
         for name, fn, consts, ptrs, num_warps, stages in gdn_scan_launches(K, V, torch.float32):
             out[f"scan {name} K={K} V={V}"] = widths(fn, consts, {"NC": "i32"}, ptrs, num_warps, stages)
     return out

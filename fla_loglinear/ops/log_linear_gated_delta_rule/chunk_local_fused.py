@@ -51,8 +51,11 @@ RCP_LN2 = 1.0 / math.log(2.0)
 # log2 of the chunk size: in-chunk levels are 0 .. LOG_C
 LOG_C = 6
 _LOG_C = tl.constexpr(LOG_C)
-# both kernels; _config's minimum block width depends on it
+# the forward kernel; _config's minimum block width depends on it
 NUM_WARPS = 8
+# the backward: one warpgroup was 10% / 6% faster at 4K / 64K in results run 22's sweep (bf16, K = V = 128);
+# its products are then at least 32 columns wide (sm_90 lowering: no narrow TF32 wgmma, <= 128 KB shared)
+BWD_NUM_WARPS = 4
 
 
 @triton.jit
@@ -122,7 +125,7 @@ def chunk_local_fused_fwd_kernel(
         m_v = (o_v < V)[None, :]
         b_v = tl.load(v + tq * V + (r_t * V)[:, None] + o_v[None, :], mask=m_v, other=0.)
         b_o = tl.dot(b_p, b_v.to(b_A.dtype), input_precision=PREC)
-        # token rows like v: the slot scan adds its part to these rows when it writes the op's output
+        # token rows like v: the slot scan adds its part and writes the op's output in place
         tl.store(o + tq * V + (r_t * V)[:, None] + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_v)
         b_vb = (b_v.to(tl.float32) * b_b[:, None]).to(b_A.dtype)
         b_u = tl.dot(b_A, b_vb, input_precision=PREC)
@@ -421,7 +424,7 @@ class ChunkLocalFusedFunction(torch.autograd.Function):
             q, k, v, G2, beta, A, lam, a_off,
             do, dqe, dw, dkd, du, dgam, dom,
             dq, dk, dv, dg, db, dlam, NC, ctx.scale,
-            L, HV=HV, K=K, V=V, NLI=min(L, LOG_C + 1), C=C, BK=BK, BV=BV, PREC=prec, num_warps=NUM_WARPS,
+            L, HV=HV, K=K, V=V, NLI=min(L, LOG_C + 1), C=C, BK=BK, BV=BV, PREC=prec, num_warps=BWD_NUM_WARPS,
         )
         grads = [x.to(dt) for x, dt in zip((dq, dk, dv, dg, db, dlam), ctx.dtypes)]
         return (*grads, None, None)
