@@ -3,10 +3,10 @@
     python benchmarks/sweep_gdn.py 4096 65536
     python benchmarks/sweep_gdn.py 8192 --only "scans BV=16 warps=4;scans BV=32 warps=4"
 
-Each setting replaces ``chunk_inter._scan_blocks`` (the V block width and warps of the sequential
-sweeps: forward, replay, slot-gradient scan) and/or wraps a kernel's ``run`` (the per-chunk gradient
-kernel's, the chunk-local kernels') to override its launch options, as ``sweep_scalar.py`` does; the
-op's code is untouched.  Per length it prints the fwd+bwd time (CUDA events, after a warm-up that
+Each setting replaces attributes of ``chunk_inter`` (``_scan_blocks``: the V block width and warps of
+the sequential sweeps, forward, replay, slot-gradient scan; ``PREFETCH`` / ``prefetches``: their
+one-slot-ahead loads) and/or wraps a kernel's ``run`` (the per-chunk gradient kernel's, the chunk-local
+kernels') to override its launch options, as ``sweep_scalar.py`` does; the op's code is untouched.  Per length it prints the fwd+bwd time (CUDA events, after a warm-up that
 compiles) and the largest difference of the output and every gradient from the defaults' (relative to
 their largest value), so that a fast setting that computes something else shows.  Results run 19 swept the settings before the sweeps' blocks depended on the number of
 programs (then 32-wide blocks and 8 warps at K = 128 everywhere); the defaults now follow its winners.
@@ -37,19 +37,22 @@ def blocks(BV: int | None = None, num_warps: int | None = None):
     return _scan_blocks
 
 
-# name -> (_scan_blocks replacement or None, [(kernels, launch options)])
+# name -> (chunk_inter attributes to replace, [(kernels, launch options)])
 SETTINGS = {
-    "defaults": (None, []),
-    "scans BV=16 warps=4": (blocks(16, 4), []),
-    "scans BV=32 warps=4": (blocks(32, 4), []),
-    "scans BV=32 warps=8 (run 18)": (blocks(32, 8), []),
-    "grads stages=1": (None, [(GRADS, dict(num_stages=1))]),
-    "grads warps=4": (None, [(GRADS, dict(num_warps=4))]),
-    # the chunk-local kernels (8 warps, default stages); the backward is the largest kernel at 4K (run 20)
-    "local bwd warps=4": (None, [(LOCAL_BWD, dict(num_warps=4))]),
-    "local bwd stages=1": (None, [(LOCAL_BWD, dict(num_stages=1))]),
-    "local bwd stages=2": (None, [(LOCAL_BWD, dict(num_stages=2))]),
-    "local fwd warps=4": (None, [(LOCAL_FWD, dict(num_warps=4))]),
+    "defaults": ({}, []),
+    "scans BV=16 warps=4": (dict(_scan_blocks=blocks(16, 4)), []),
+    "scans BV=32 warps=4": (dict(_scan_blocks=blocks(32, 4)), []),
+    "scans BV=32 warps=8 (run 18)": (dict(_scan_blocks=blocks(32, 8)), []),
+    # the sweeps' one-slot-ahead loads (on by default at K = 128 with 16-wide blocks)
+    "no prefetch": (dict(PREFETCH=False), []),
+    "prefetch BV=32 too": (dict(prefetches=lambda BK, BV: BK == 128), []),
+    "grads stages=1": ({}, [(GRADS, dict(num_stages=1))]),
+    "grads warps=4": ({}, [(GRADS, dict(num_warps=4))]),
+    # the chunk-local kernels; the backward is the largest kernel at 4K (run 20), on 4 warps since run 23
+    "local bwd warps=8": ({}, [(LOCAL_BWD, dict(num_warps=8))]),
+    "local bwd stages=1": ({}, [(LOCAL_BWD, dict(num_stages=1))]),
+    "local bwd stages=2": ({}, [(LOCAL_BWD, dict(num_stages=2))]),
+    "local fwd warps=4": ({}, [(LOCAL_FWD, dict(num_warps=4))]),
 }
 
 
@@ -75,9 +78,10 @@ def main(lengths: list[int], only: list[str] | None = None) -> None:
     reference = {T: steps[T]() for T in lengths}
     names = list(SETTINGS) if not only else ["defaults", *only]
     for name in names:
-        replacement, launches = SETTINGS[name]
-        if replacement is not None:
-            chunk_inter._scan_blocks = replacement
+        replace, launches = SETTINGS[name]
+        saved = {attr: getattr(chunk_inter, attr) for attr in replace}
+        for attr, value in replace.items():
+            setattr(chunk_inter, attr, value)
         undo = apply(launches)
         try:
             cols = []
@@ -89,7 +93,8 @@ def main(lengths: list[int], only: list[str] | None = None) -> None:
             print(f"{name:<36} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
         finally:
             undo()
-            chunk_inter._scan_blocks = DEFAULT_BLOCKS
+            for attr, value in saved.items():
+                setattr(chunk_inter, attr, value)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 
 
-def make_inputs(B, T, H, HV, K, V, L, dtype=torch.float64, device="cpu", seed=0, raw=False):
+def make_inputs(B, T, H, HV, K, V, L, dtype=torch.float64, device="cpu", seed=0, raw=False, slow=False):
+    """``slow``: gates and write strengths small enough that a state outlives several chunks, so
+    that what the sweeps carry across chunks shows in the output (with the default ones a state
+    decays by about 1e-10 per chunk)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
     def rnd(*shape):
@@ -36,8 +39,8 @@ def make_inputs(B, T, H, HV, K, V, L, dtype=torch.float64, device="cpu", seed=0,
         g, beta = rnd(B, T, HV), rnd(B, T, HV)
     else:
         k = F.normalize(k, dim=-1)
-        g = F.logsigmoid(rnd(B, T, HV)) * 0.5
-        beta = torch.sigmoid(rnd(B, T, HV))
+        g = F.logsigmoid(rnd(B, T, HV)) * (0.01 if slow else 0.5)
+        beta = torch.sigmoid(rnd(B, T, HV)) * (0.1 if slow else 1.0)
     lam = torch.rand(B, T, HV, L, generator=gen, dtype=torch.float64).to(device) + 0.5
     return [x.to(dtype).requires_grad_(True) for x in (q, k, v, g, beta, lam)]
 
@@ -94,10 +97,11 @@ def assert_chunk_matches_recurrent(xs, h0, cu_seqlens=None, tol=1e-5, **kwargs):
     return out
 
 
+@pytest.mark.parametrize("slow", [False, True])
 @pytest.mark.parametrize("B,T,H,HV,K,V,L,start", CASES)
-def test_chunk_matches_recurrent_forward_and_backward(B, T, H, HV, K, V, L, start):
+def test_chunk_matches_recurrent_forward_and_backward(B, T, H, HV, K, V, L, start, slow):
     h0 = None if start is None else random_state(B, HV, L, K, V, start)
-    assert_chunk_matches_recurrent(make_inputs(B, T, H, HV, K, V, L), h0)
+    assert_chunk_matches_recurrent(make_inputs(B, T, H, HV, K, V, L, slow=slow), h0)
 
 
 def test_slot_scan_with_several_value_blocks(monkeypatch):
@@ -108,6 +112,21 @@ def test_slot_scan_with_several_value_blocks(monkeypatch):
     monkeypatch.setattr(chunk_inter, "_blocks", lambda K, V: (max(16, K), 16, 4))
     B, T, H, HV, K, V, L = 2, 200, 1, 2, 32, 40, 6
     assert_chunk_matches_recurrent(make_inputs(B, T, H, HV, K, V, L, seed=21), random_state(B, HV, L, K, V, [45, 130]))
+
+
+@pytest.mark.parametrize("start", [None, [37, 0]])
+def test_slot_scan_prefetching(monkeypatch, start):
+    """The sweeps' one-slot-ahead loads (on the GPU at K = 128 with 16-wide V blocks), forced here:
+    live and dead slots, merges, varlen, with and without an initial state (with one, every slot
+    counts as live from the start)."""
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter
+
+    monkeypatch.setattr(chunk_inter, "prefetches", lambda BK, BV: True)
+    B, T, H, HV, K, V, L = 1, 700, 1, 1, 32, 16, 12
+    xs = make_inputs(B, T, H, HV, K, V, L, seed=22, slow=True)
+    cu = torch.tensor([0, 610, 700])
+    h0 = None if start is None else random_state(2, HV, L, K, V, start)
+    assert_chunk_matches_recurrent(xs, h0, cu)
 
 
 def test_chunk_matches_quadratic():

@@ -48,6 +48,7 @@ def chunk_inter_fwd_kernel(
     chunk_offsets, pos_start, pos_end, NC,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE: tl.constexpr, PREC: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // HV, i_nh % HV
@@ -90,11 +91,23 @@ def chunk_inter_fwd_kernel(
 
         b_o = tl.zeros([C, BV], dtype=tl.float32)
         b_acc = tl.dot(tl.trans(b_kd), b_u, input_precision=PREC).to(tl.float32)
+        if PREFETCH:
+            # (a scalar condition joins a block mask through tl.where: `&` fails in the interpreter)
+            b_nx = tl.load(p_h, mask=tl.where((live & 1) == 1, m_kv, False), other=0.)
         for l in range(L):
             is_live = ((live >> l) & 1) == 1
+            if PREFETCH:
+                # the next slot's load is issued before this slot's products, so that its latency
+                # overlaps them (the slots of a chunk are independent until the merge)
+                b_cur = b_nx
+                b_nx = tl.load(p_h + (l + 1) * K * V, mask=tl.where(((live >> (l + 1)) & 1) == 1, m_kv, False),
+                               other=0.)
             if is_live | (l == mm):
                 # a dead slot (only ever the merge target here) holds stale values
-                b_s = tl.where(is_live, tl.load(p_h + l * K * V, mask=m_kv, other=0.), 0.)
+                if PREFETCH:
+                    b_s = b_cur
+                else:
+                    b_s = tl.where(is_live, tl.load(p_h + l * K * V, mask=m_kv, other=0.), 0.)
                 if STORE:
                     p_hs = hs + ((i_c * HV + i_h) * L + l) * K * V
                     tl.store(p_hs + o_k[:, None] * V + o_v[None, :], b_s.to(hs.dtype.element_ty), mask=m_kv)
@@ -112,8 +125,7 @@ def chunk_inter_fwd_kernel(
                     tl.store(p_h + l * K * V, b_s, mask=m_kv)
         if not STORE:
             # the chunk-local part joins here, so the op's output is written once, in its dtype
-            b_oi = tl.load(oi + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)
-            b_o = b_oi + b_o.to(b_oi.dtype)
+            b_o += tl.load(oi + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
             tl.store(o + t[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_v[None, :])
         live = (live & ~((tl.full([], 2, tl.int64) << mm) - 1)) | (tl.full([], 1, tl.int64) << mm)
         # the next chunk reads slots other threads of this program just wrote
@@ -129,7 +141,7 @@ def chunk_inter_bwd_kernel(
     qe, w, kd, om, do, gam, live_in, merge_in, dh, dhs, du,
     chunk_offsets, NC,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, RELOAD: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, RELOAD: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     # Only what is sequential: the slot gradients, chunk by chunk in reverse (three products per
     # live slot).  Each chunk's post-chunk slot gradients go to dhs for chunk_inter_grads_kernel.
@@ -179,12 +191,22 @@ def chunk_inter_bwd_kernel(
         # S' = e^gamma S - Kd^T (W S): the part of dS shared by the merged slots
         b_gm = b_eg * b_dm - tl.dot(b_wt, b_xm.to(b_wt.dtype), input_precision=PREC)
         tl.debug_barrier()
+        if PREFETCH:
+            b_nx = tl.zeros([BK, BV], dtype=tl.float32)
         for l in range(L):
+            if PREFETCH:
+                # as in the forward: the next loaded slot's read overlaps this slot's products
+                b_cur = b_nx
+                b_nx = tl.load(p_dh + (l + 1) * K * V,
+                               mask=tl.where((((live >> (l + 1)) & 1) == 1) & (l + 1 > mm), m_kv, False), other=0.)
             if ((live >> l) & 1) == 1:
                 if l <= mm:
                     b_new = b_gm
                 else:
-                    b_d = tl.load(p_dh + l * K * V, mask=m_kv, other=0.)
+                    if PREFETCH:
+                        b_d = b_cur
+                    else:
+                        b_d = tl.load(p_dh + l * K * V, mask=m_kv, other=0.)
                     tl.store(p_dhs + l * K * V, b_d.to(dhs.dtype.element_ty), mask=m_kv)
                     if RELOAD:
                         b_kd = tl.load(p_kd, mask=m_ck, other=0.)
@@ -330,6 +352,17 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def prefetches(BK: int, BV: int) -> bool:
+    """Whether the sweeps load each slot one slot ahead: at K = 128 with 16-wide V blocks, where the
+    sweeps are most of the time (long sequences) and the extra ``[K, BV]`` tile fits the registers
+    (the 32-wide kernels are at 255 registers already)."""
+    return PREFETCH and BK == 128 and BV == 16
+
+
+# switched off by the launch-settings sweep to compare (benchmarks/sweep_gdn.py)
+PREFETCH = True
+
+
 def reloads_operands(BK: int, dtype: torch.dtype) -> bool:
     """Whether the slot-gradient scan re-reads its ``[C, K]`` operands per use: fp32 at K = 256
     (shared memory); the split scan passed the H200 tests this way (results run 18), and 16-bit
@@ -374,7 +407,7 @@ def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra=None, out_dtype=Non
         qe, w, kd, u, gam, om, ht if store else o_intra, ht if store else o, ht, hs, live, merge,
         chunk_offsets, pos_start, pos_end, NC,
         HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE=store, PREC=dot_precision(qe.dtype),
-        num_warps=num_warps,
+        PREFETCH=prefetches(BK, BV), num_warps=num_warps,
     )
     return o, ht, hs, live, merge
 
@@ -400,7 +433,7 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
     BK, BV, num_warps = _scan_blocks(K, V, few_programs(N * HV, V, dev))
     chunk_inter_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
         qe, w, kd, om, do, gam, live, merge, dh, dhs, du, chunk_offsets, NC, RELOAD=reloads_operands(BK, qe.dtype),
-        BK=BK, BV=BV, num_warps=num_warps, **consts,
+        PREFETCH=prefetches(BK, BV), BK=BK, BV=BV, num_warps=num_warps, **consts,
     )
     BK, BV, num_warps = _blocks(K, V)
     dqe, dw, dkd = torch.empty_like(qe), torch.empty_like(w), torch.empty_like(kd)
@@ -418,6 +451,8 @@ class ChunkInterFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qe, w, kd, u, gam, om, o_intra, h0, meta, out_dtype):
+        # an unused final state gets no gradient rather than a zero-filled one
+        ctx.set_materialize_grads(False)
         o, ht, _, _, _ = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype)
         ctx.save_for_backward(qe, w, kd, u, gam, om, h0)
         ctx.meta = meta
@@ -426,6 +461,8 @@ class ChunkInterFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dht):
         qe, w, kd, u, gam, om, h0 = ctx.saved_tensors
+        if do is None:  # only the final state was used
+            do = torch.zeros(qe.shape[0] * qe.shape[2], qe.shape[1], u.shape[-1], dtype=u.dtype, device=u.device)
         # every gradient comes back in its input's dtype (the kernels store it so)
         dqe, dw, dkd, du, dgam, dom, dh0 = chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, ctx.meta)
         # o = o_intra + the slots' part

@@ -212,7 +212,7 @@ def chunk_local_fused_bwd_kernel(
         b_dp += tl.dot(b_do, tl.trans(b_v.to(b_A.dtype)), input_precision=PREC)
         b_dvb = tl.dot(b_At, b_du, input_precision=PREC)
         b_dv = tl.dot(tl.trans(b_pd), b_do, input_precision=PREC) + b_dvb * b_b[:, None]
-        tl.store(dv + tq * V + (r_t * V)[:, None] + o_v[None, :], b_dv, mask=m_v)
+        tl.store(dv + tq * V + (r_t * V)[:, None] + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_v)
         b_vb = (b_v * b_b[:, None]).to(b_A.dtype)
         b_dA += tl.dot(b_du, tl.trans(b_vb), input_precision=PREC)
         b_db += tl.sum(b_dvb * b_v, 1)
@@ -261,9 +261,10 @@ def chunk_local_fused_bwd_kernel(
         b_t = tl.sum(b_dkd * b_k, 1) * b_kdec
         b_dG -= b_t
         b_dlast += tl.sum(b_t)
-        tl.store(dq + tq * K + (r_t * K)[:, None] + o_k[None, :], scale * b_eg[:, None] * b_dqe, mask=m_k)
+        tl.store(dq + tq * K + (r_t * K)[:, None] + o_k[None, :], (scale * b_eg[:, None] * b_dqe).to(dq.dtype.element_ty),
+                 mask=m_k)
         b_dk = b_dB1 * (b_b * b_eg)[:, None] + b_kdec[:, None] * b_dkd
-        tl.store(dk + tq * K + (r_t * K)[:, None] + o_k[None, :], b_dk, mask=m_k)
+        tl.store(dk + tq * K + (r_t * K)[:, None] + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_k)
     b_dG += tl.where(o_i == C - 1, b_dlast + tl.load(dgam + i_c * HV + i_h).to(tl.float32), 0.)
 
     # T = (I + Ls)^{-1}: dLs = -T^T dT T^T on the strict lower triangle (T's other entries are constant)
@@ -378,7 +379,9 @@ class ChunkLocalFusedFunction(torch.autograd.Function):
         G2, A = wy_prep(k[None], g[None], beta[None], C)
         G2, A = G2[0], A[0]
         dev, mm = k.device, k.dtype
-        o = torch.empty(NT, HV, V, dtype=torch.float32, device=dev)
+        # in the input dtype, like the op's output: the slot sweep adds its part in fp32, and the
+        # output's gradient reaches the backward without a cast
+        o = torch.empty(NT, HV, V, dtype=mm, device=dev)
         qe = torch.empty(NC, HV, C, K, dtype=mm, device=dev)
         w = torch.empty_like(qe)
         kd = torch.empty_like(qe)
@@ -414,9 +417,10 @@ class ChunkLocalFusedFunction(torch.autograd.Function):
         dgam = grad_or_zeros(dgam, NC, HV)
         dom = grad_or_zeros(dom, NC, HV, C, L)
         f32 = dict(dtype=torch.float32, device=k.device)
-        dq = torch.empty(NT, HV, K, **f32)
-        dk = torch.empty(NT, HV, K, **f32)
-        dv = torch.empty(NT, HV, V, **f32)
+        # written once each, so straight in the inputs' dtypes (no fp32 copies to cast)
+        dq = torch.empty(NT, HV, K, dtype=q.dtype, device=k.device)
+        dk = torch.empty(NT, HV, K, dtype=k.dtype, device=k.device)
+        dv = torch.empty(NT, HV, V, dtype=v.dtype, device=k.device)
         dg = torch.empty(NT, HV, **f32)
         db = torch.empty(NT, HV, **f32)
         dlam = torch.empty(NT, HV, L, **f32)
@@ -441,8 +445,9 @@ def pad_tokens(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
 def chunk_local_fused_fwd(q, k, v, g, beta, level_scales, scale: float, layout: ChunkLayout, dtype: torch.dtype):
     """Drop-in for :func:`.chunk_local.chunk_local_fwd` on bf16 / fp16 / fp32 inputs.
 
-    Returns the same ``(o_intra, qe, w, kd, u, gamma, omega, end_keys)``, with ``qe, w, kd, u``
-    in the input dtype (the slot scan's matmul dtype) and the rest in ``dtype`` (fp32).
+    Returns the same ``(o_intra, qe, w, kd, u, gamma, omega, end_keys)``, with ``o_intra`` and
+    ``qe, w, kd, u`` in the input dtype (the op's output dtype and the slot scan's matmul dtype) and
+    the rest in ``dtype`` (fp32).
     """
     mm = v.dtype
     q, k, v = (pad_tokens(x.to(mm), layout) for x in (q, k, v))
@@ -451,4 +456,4 @@ def chunk_local_fused_fwd(q, k, v, g, beta, level_scales, scale: float, layout: 
     end_keys, keep = end_chunk_keys(k, v, g, beta, lam.shape[-1], layout, dtype)
     if keep is not None:
         u = u * keep[:, None, None, None].to(u.dtype)
-    return o.to(dtype), qe, w, kd, u, gam.to(dtype), om.to(dtype), end_keys
+    return o, qe, w, kd, u, gam.to(dtype), om.to(dtype), end_keys
