@@ -15,10 +15,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmark
 B, POS, H, K, V = 64, 100_000, 16, 128, 128
 
 
-@pytest.mark.parametrize("impl", ["ours", "ours_new_state", "fla"])
-def test_bench_gdn_decode(benchmark, impl):
-    """``ours`` decodes in place, as the layer does (the position is reset every call, so every call
-    is the step at 100,000); ``ours_new_state`` writes a new state, as fla's step does."""
+def decode_step(impl: str):
+    """One decode step of ``impl`` at the benchmark shape as a no-argument call (no sync).  ``ours``
+    decodes in place, as the layer does (the position is reset every call, so every call is the
+    step at 100,000); ``ours_new_state`` writes a new state, as fla's step does."""
     dev, bf = "cuda", torch.bfloat16
     q = torch.randn(B, 1, H, K, device=dev, dtype=bf)
     k = F.normalize(torch.randn(B, 1, H, K, device=dev), dim=-1).to(bf)
@@ -37,13 +37,16 @@ def test_bench_gdn_decode(benchmark, impl):
                 st.positions.fill_(POS)
             fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=st,
                                                         output_final_state=True, inplace_final_state=impl == "ours")
-    else:
-        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
-        h0 = torch.randn(B, H, K, V, device=dev) * 0.1
+        return run
+    from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+    h0 = torch.randn(B, H, K, V, device=dev) * 0.1
+    return lambda: fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=K ** -0.5, initial_state=h0,
+                                                    output_final_state=True)
 
-        def run():
-            fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=K ** -0.5, initial_state=h0,
-                                             output_final_state=True)
+
+@pytest.mark.parametrize("impl", ["ours", "ours_new_state", "fla"])
+def test_bench_gdn_decode(benchmark, impl):
+    run = decode_step(impl)
 
     def target():
         run()

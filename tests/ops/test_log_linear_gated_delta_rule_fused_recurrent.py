@@ -203,6 +203,23 @@ def test_decode_bad_option_raises():
 @pytest.mark.parametrize("K", [64, 128, 256])
 @pytest.mark.parametrize("T", [1, 2])
 def test_gpu_decode(dtype, tol, K, T):
+    check_gpu_decode(dtype, tol, K, T)
+
+
+# launch shapes besides the default (32-wide V blocks, 4 warps at K = 128), swept by
+# benchmarks/sweep_gdn_decode.py
+@needs_cuda
+@pytest.mark.parametrize("BV,num_warps", [(16, 4), (64, 4), (32, 2), (32, 8), (64, 8), (16, 2), (128, 8)])
+def test_gpu_decode_launch_shapes(monkeypatch, BV, num_warps):
+    from fla_loglinear.ops.log_linear_gated_delta_rule import fused_recurrent
+
+    monkeypatch.setattr(fused_recurrent, "_decode_blocks", lambda K, V: (max(16, K), BV, num_warps))
+    check_gpu_decode(torch.float32, 1e-4, 128, 2)
+
+
+def check_gpu_decode(dtype, tol, K, T):
+    """The decode kernel from random states at random positions (one at 100,000) against the token
+    recurrence in float32, writing a new state and in place."""
     B, H, HV, L = 64, 2, 4, 18
     q, k, v, g, beta, lam = make_inputs(B, T, H, HV, K, K, L, dtype=dtype, device="cuda", seed=5)
     positions = torch.randint(0, 200_000, (B,)).tolist()
