@@ -43,6 +43,9 @@ SETTINGS = {
     "scans BV=16 warps=4": (dict(_scan_blocks=blocks(16, 4)), []),
     "scans BV=32 warps=4": (dict(_scan_blocks=blocks(32, 4)), []),
     "scans BV=32 warps=8 (run 18)": (dict(_scan_blocks=blocks(32, 8)), []),
+    # 16-bit only (8-column TF32 products are the narrow wgmma of triton-lang/triton#10629); Triton takes
+    # mma v2 for them; 10% slower at 32K and 64K (results run 27)
+    "scans BV=8 warps=4": (dict(_scan_blocks=blocks(8, 4)), []),
     # the sweeps' one-slot-ahead loads (on by default at K = 128 with 16-wide blocks)
     "no prefetch": (dict(PREFETCH=False), []),
     "prefetch BV=32 too": (dict(prefetches=lambda BK, BV: BK == 128), []),
