@@ -111,7 +111,8 @@ def test_slot_scan_with_several_value_blocks(monkeypatch):
 
     monkeypatch.setattr(chunk_inter, "_blocks", lambda K, V: (max(16, K), 16, 4))
     B, T, H, HV, K, V, L = 2, 200, 1, 2, 32, 40, 6
-    assert_chunk_matches_recurrent(make_inputs(B, T, H, HV, K, V, L, seed=21), random_state(B, HV, L, K, V, [45, 130]))
+    assert_chunk_matches_recurrent(make_inputs(B, T, H, HV, K, V, L, seed=21, slow=True),
+                                   random_state(B, HV, L, K, V, [45, 130]))
 
 
 @pytest.mark.parametrize("start", [None, [37, 0]])
@@ -139,7 +140,7 @@ def test_chunk_matches_quadratic():
 def test_varlen_matches_per_sequence_runs():
     lens, start = [5, 70, 125], [0, 63, 129]
     T = sum(lens)
-    q, k, v, g, beta, lam = make_inputs(1, T, 1, 2, 32, 16, 6, seed=4)
+    q, k, v, g, beta, lam = make_inputs(1, T, 1, 2, 32, 16, 6, seed=4, slow=True)
     h0 = random_state(3, 2, 6, 32, 16, start)
     cu = torch.tensor([0, 5, 75, 200])
     out = assert_chunk_matches_recurrent((q, k, v, g, beta, lam), h0, cu)
@@ -155,7 +156,7 @@ def test_varlen_matches_per_sequence_runs():
 
 @pytest.mark.parametrize("split", [1, 64, 77])
 def test_continuation_is_exact(split):
-    q, k, v, g, beta, lam = make_inputs(2, 150, 1, 1, 32, 16, 5, seed=5)
+    q, k, v, g, beta, lam = make_inputs(2, 150, 1, 1, 32, 16, 5, seed=5, slow=True)
     o, st = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, output_final_state=True, _force_triton=True)
     head = [x[:, :split] for x in (q, k, v, g, beta, lam)]
     tail = [x[:, split:] for x in (q, k, v, g, beta, lam)]
@@ -484,7 +485,7 @@ def check_gpu_vs_reference(dtype, T, tol, local):
     """The CUDA path from a random state against the chunked PyTorch reference in float32: output,
     final state and every gradient."""
     B, H, HV, K, V, L = 1, 2, 4, 128, 128, 14
-    q, k, v, g, beta, lam = make_inputs(B, T, H, HV, K, V, L, dtype=dtype, device="cuda", seed=10)
+    q, k, v, g, beta, lam = make_inputs(B, T, H, HV, K, V, L, dtype=dtype, device="cuda", seed=10, slow=True)
     h0 = random_state(B, HV, L, K, V, [1234567], device="cuda")
     inputs = [q, k, v, g, beta, lam, h0.states]
     out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
@@ -509,7 +510,7 @@ def check_gpu_vs_reference(dtype, T, tol, local):
 def test_gpu_head_dims_and_varlen(K, dtype, local):
     lens = [1, 700, 64, 1500]
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), device="cuda")
-    q, k, v, g, beta, lam = make_inputs(1, sum(lens), 1, 2, K, K, 9, dtype=dtype, device="cuda", seed=11)
+    q, k, v, g, beta, lam = make_inputs(1, sum(lens), 1, 2, K, K, 9, dtype=dtype, device="cuda", seed=11, slow=True)
     h0 = random_state(4, 2, 9, K, K, [0, 5, 64, 100001], device="cuda")
     inputs = [q, k, v, g, beta, lam, h0.states]
     out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
@@ -538,7 +539,8 @@ def test_gpu_fused_local_matches_torch_local(dtype, case, tol):
 
 @needs_cuda
 def test_gpu_continuation():
-    q, k, v, g, beta, lam = make_inputs(2, 3000, 2, 2, 64, 64, 13, dtype=torch.float32, device="cuda", seed=12)
+    q, k, v, g, beta, lam = make_inputs(2, 3000, 2, 2, 64, 64, 13, dtype=torch.float32, device="cuda", seed=12,
+                                         slow=True)
     o, st = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, output_final_state=True)
     o1, s1 = chunk_log_linear_gated_delta_rule(*[x[:, :1001] for x in (q, k, v, g, beta, lam)],
                                                output_final_state=True)
