@@ -178,6 +178,26 @@ def test_continuation_is_exact(split):
     assert grad_empty.numel() > 0 and (grad_empty == 0).all()
 
 
+def test_gradient_through_the_final_state_alone():
+    """A loss on the final state only: the output gets no gradient (the sweep's backward takes a
+    zero one) and the inputs' gradients still match the reference's."""
+    B, T, H, HV, K, V, L = 1, 200, 1, 2, 32, 16, 9
+    xs = make_inputs(B, T, H, HV, K, V, L, seed=24, slow=True)
+    h0 = random_state(B, HV, L, K, V, [45])
+    _, st = chunk_log_linear_gated_delta_rule(*xs, initial_state=h0, output_final_state=True, _force_triton=True)
+    h0_ref = FenwickState(h0.states.double(), h0.positions)
+    _, ref = naive_recurrent_log_linear_gated_delta_rule(*xs, initial_state=h0_ref, output_final_state=True)
+    weight = torch.randn(st.states.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    inputs = list(xs) + [h0.states]
+    got = torch.autograd.grad((st.states.double() * weight).sum(), inputs, allow_unused=True)
+    want = torch.autograd.grad((ref.states * weight).sum(), inputs, allow_unused=True)
+    for name, a, b, x in zip(["q", "k", "v", "g", "beta", "level_scales", "h0"], got, want, inputs):
+        # the reference leaves out what the state does not depend on (q, lambda): zero there
+        zero = torch.zeros_like(x)
+        assert_close(zero if a is None else a, zero if b is None else b, 1e-5, f"d{name}")
+    assert want[2].abs().max() > 0 and want[6].abs().max() > 0
+
+
 def reference_preprocess(q, k, g, beta, l2norm, sigmoid, neg, A_log, dt_bias):
     if l2norm:
         q = q * torch.rsqrt(q.pow(2).sum(-1, keepdim=True) + 1e-6)
