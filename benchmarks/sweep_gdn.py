@@ -6,10 +6,12 @@
 Each setting replaces attributes of ``chunk_inter`` (``_scan_blocks``: the V block width and warps of
 the sequential sweeps, forward, replay, slot-gradient scan; ``PREFETCH`` / ``prefetches``: their
 one-slot-ahead loads) and/or wraps a kernel's ``run`` (the per-chunk gradient kernel's, the chunk-local
-kernels') to override its launch options, as ``sweep_scalar.py`` does; the op's code is untouched.  Per length it prints the fwd+bwd time (CUDA events, after a warm-up that
-compiles) and the largest difference of the output and every gradient from the defaults' (relative to
-their largest value), so that a fast setting that computes something else shows.  Results run 19 swept the settings before the sweeps' blocks depended on the number of
-programs (then 32-wide blocks and 8 warps at K = 128 everywhere); the defaults now follow its winners.
+kernels') to override its launch options, as ``sweep_scalar.py`` does; the op's code is untouched.  Per
+length it prints the fwd+bwd time (CUDA events, after a warm-up that compiles) and the largest difference
+of the output and every gradient from the defaults' (relative to their largest value), so that a fast
+setting that computes something else shows.  Results run 19 swept the settings before the sweeps' blocks
+depended on the number of programs (then 32-wide blocks and 8 warps at K = 128 everywhere); the defaults
+now follow its winners.
 """
 from __future__ import annotations
 

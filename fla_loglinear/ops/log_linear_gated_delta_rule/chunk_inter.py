@@ -336,6 +336,11 @@ def _scan_blocks(K: int, V: int, few: bool):
     return BK, BV, num_warps
 
 
+def _sweep_blocks(K: int, V: int, NH: int, device: torch.device):
+    """:func:`_scan_blocks` for ``NH`` (sequences x value heads) sweep rows on ``device``."""
+    return _scan_blocks(K, V, few_programs(NH, V, device))
+
+
 def few_programs(NH: int, V: int, device: torch.device) -> bool:
     """Whether 32-wide V blocks would leave half the GPU's SMs without a sweep program (``NH`` =
     sequences x value heads).  Results runs 19-21, fwd+bwd at the benchmark shape (132 SMs): 16-wide
@@ -392,7 +397,7 @@ def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra=None, out_dtype=Non
     chunk_offsets, pos_start, pos_end, N, L = meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
-    BK, BV, num_warps = _scan_blocks(K, V, few_programs(N * HV, V, qe.device))
+    BK, BV, num_warps = _sweep_blocks(K, V, N * HV, qe.device)
     dev = qe.device
     o = None if store else torch.empty(NC * C, HV, V, dtype=out_dtype, device=dev)
     if h0 is None:
@@ -430,7 +435,7 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
     # only the slots live in a chunk and its merge slot are written, and only those are read
     dhs = torch.empty_like(hs)
     du = torch.empty_like(u)
-    BK, BV, num_warps = _scan_blocks(K, V, few_programs(N * HV, V, dev))
+    BK, BV, num_warps = _sweep_blocks(K, V, N * HV, dev)
     chunk_inter_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
         qe, w, kd, om, do, gam, live, merge, dh, dhs, du, chunk_offsets, NC, RELOAD=reloads_operands(BK, qe.dtype),
         PREFETCH=prefetches(BK, BV), BK=BK, BV=BV, num_warps=num_warps, **consts,

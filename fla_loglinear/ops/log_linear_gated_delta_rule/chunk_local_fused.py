@@ -261,8 +261,8 @@ def chunk_local_fused_bwd_kernel(
         b_t = tl.sum(b_dkd * b_k, 1) * b_kdec
         b_dG -= b_t
         b_dlast += tl.sum(b_t)
-        tl.store(dq + tq * K + (r_t * K)[:, None] + o_k[None, :], (scale * b_eg[:, None] * b_dqe).to(dq.dtype.element_ty),
-                 mask=m_k)
+        b_dq = scale * b_eg[:, None] * b_dqe
+        tl.store(dq + tq * K + (r_t * K)[:, None] + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_k)
         b_dk = b_dB1 * (b_b * b_eg)[:, None] + b_kdec[:, None] * b_dkd
         tl.store(dk + tq * K + (r_t * K)[:, None] + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_k)
     b_dG += tl.where(o_i == C - 1, b_dlast + tl.load(dgam + i_c * HV + i_h).to(tl.float32), 0.)
