@@ -1,6 +1,7 @@
 """Launch shapes of the Gated DeltaNet decode kernel swept on a GPU (CUDA only).
 
     python benchmarks/sweep_gdn_decode.py
+    python benchmarks/sweep_gdn_decode.py --host   # host time of a step, its kernels, and its Python calls
 
 At the decode benchmark's shape (B = 64 at position 100,000, H = 16, K = V = 128, in place), each
 setting replaces ``fused_recurrent._decode_blocks`` (the V block width and warps) and prints the time
@@ -34,6 +35,42 @@ def wall_ms(step, iters: int = 50) -> float:
     return (time.perf_counter() - t) / iters * 1e3
 
 
+def host_profile() -> None:
+    """Per step of fla and of ours (in place): the host time until the call returns (no sync), the GPU
+    time of its kernels (torch.profiler), and ours's Python calls by own time (cProfile).  A synced step
+    takes about the host time up to the last launch plus the kernels' time, so the host is half of it."""
+    import cProfile
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for impl in ("fla", "ours"):
+            step = decode_step(impl)
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+            host = []
+            for _ in range(50):
+                t = time.perf_counter()
+                step()
+                host.append(time.perf_counter() - t)
+                torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(20):
+                    step()
+                torch.cuda.synchronize()
+            kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+            gpu = sum(e.device_time_total for e in kernels) / 20
+            print(f"{impl}: host {1e6 * sorted(host)[25]:.1f} us (median), kernels {gpu:.1f} us per step: "
+                  + ", ".join(f"{e.key[:50]} x{e.count // 20} {e.device_time_total / 20:.1f}" for e in kernels),
+                  flush=True)
+        cProfile.runctx("for _ in range(200): step()", globals(), {"step": step}, "/tmp/decode.prof")
+        torch.cuda.synchronize()
+    pstats.Stats("/tmp/decode.prof").sort_stats("tottime").print_stats(15)
+
+
 def main() -> None:
     torch.manual_seed(0)
     with torch.no_grad():
@@ -54,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    host_profile() if "--host" in sys.argv else main()
