@@ -38,7 +38,7 @@ def wall_ms(step, iters: int = 50) -> float:
 def host_profile() -> None:
     """Per step of fla and of ours (in place): the host time until the call returns (no sync), the GPU
     time of its kernels (torch.profiler), and ours's Python calls by own time (cProfile).  A synced step
-    takes about the host time up to the last launch plus the kernels' time, so the host is half of it."""
+    takes about the host time up to the last launch plus the kernels' time."""
     import cProfile
     import pstats
 
@@ -66,6 +66,7 @@ def host_profile() -> None:
             print(f"{impl}: host {1e6 * sorted(host)[25]:.1f} us (median), kernels {gpu:.1f} us per step: "
                   + ", ".join(f"{e.key[:50]} x{e.count // 20} {e.device_time_total / 20:.1f}" for e in kernels),
                   flush=True)
+        # step is ours here, the loop's last
         cProfile.runctx("for _ in range(200): step()", globals(), {"step": step}, "/tmp/decode.prof")
         torch.cuda.synchronize()
     pstats.Stats("/tmp/decode.prof").sort_stats("tottime").print_stats(15)
