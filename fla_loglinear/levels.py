@@ -37,6 +37,7 @@ __all__ = [
     "bit_length",
     "state_slot_weights",
     "occupied_slots",
+    "slot_written_at",
 ]
 
 
@@ -132,3 +133,20 @@ def occupied_slots(positions: torch.Tensor, L: int) -> torch.Tensor:
     inner = (slots > 0) & (((p >> shift) & 1) == 1)
     last = p >= (1 << shift)
     return torch.where(slots == L - 1, last, inner)
+
+
+def slot_written_at(positions: torch.Tensor, L: int) -> torch.Tensor:
+    """``[..., L]`` int64: the position at which each slot of a Fenwick state at ``positions`` was
+    last written (meaningful for the occupied slots of :func:`occupied_slots`).
+
+    Slot ``l`` in ``1 .. L - 2`` takes a merge when a state advances to ``b`` with
+    ``advance_level(b - 1, b) == l``, i.e. ``b`` an odd multiple of ``2 ** (l - 1)``; the last slot
+    when ``b`` is any multiple of ``2 ** (L - 2)``.  Both are ``p`` with its low ``max(l - 1, 0)`` bits
+    cleared (slot 0, which holds keys only for ``L == 1``, is written by every token).  A pending
+    decoding transform older than this never reached the slot.
+    """
+    if L < 1:
+        raise ValueError(f"the number of levels L must be >= 1, got {L}")
+    p = torch.as_tensor(positions).to(torch.int64).unsqueeze(-1)
+    shift = (torch.arange(L, device=p.device) - 1).clamp(min=0)
+    return (p >> shift) << shift

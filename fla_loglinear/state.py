@@ -23,6 +23,11 @@ class FenwickState:
             in-place decoding step may leave stale values there.
         positions: ``[N]`` int64; tokens each sequence has consumed, i.e. the position of
             its next token.  Per sequence, so left padding and beam reordering just work.
+        pending_keys, pending_gates, pending_from: ``None``, except in a state that log-linear Gated
+            DeltaNet decodes in place (:mod:`fla_loglinear.ops.log_linear_gated_delta_rule.pending`):
+            ``[N, H, F, K]`` keys and ``[N, H, F, 2]`` (log decay, beta) of the last
+            ``(positions - pending_from) % F`` transitions, ``[N]`` int64, which reached only the slots
+            a token wrote since.  Any other use of the state applies them first (``settle_pending``).
 
     A plain dataclass of tensors so that fla's ``Cache`` can carry, reorder and repeat it
     (it maps ``index_select`` / ``repeat_interleave`` over the fields).
@@ -30,6 +35,9 @@ class FenwickState:
 
     states: torch.Tensor
     positions: torch.Tensor
+    pending_keys: torch.Tensor | None = None
+    pending_gates: torch.Tensor | None = None
+    pending_from: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, N: int, H: int, L: int, K: int, V: int, device=None) -> "FenwickState":
@@ -42,14 +50,25 @@ class FenwickState:
     def num_levels(self) -> int:
         return self.states.shape[2]
 
+    @property
+    def has_pending(self) -> bool:
+        return self.pending_keys is not None
+
     def without_empty_slots(self) -> "FenwickState":
         """The same state with its empty slots zeroed (differentiable; no host sync)."""
+        if self.has_pending:
+            raise ValueError("this FenwickState holds pending Gated DeltaNet transitions: settle it first "
+                             "(fla_loglinear.ops.log_linear_gated_delta_rule.settle_pending)")
         occ = occupied_slots(self.positions, self.num_levels).to(self.states.device)
         mask = occ[:, None, :, None, None].to(self.states.dtype)
         return FenwickState(self.states * mask, self.positions)
 
+    def _map(self, fn) -> "FenwickState":
+        return FenwickState(*(None if x is None else fn(x) for x in (
+            self.states, self.positions, self.pending_keys, self.pending_gates, self.pending_from)))
+
     def detach(self) -> "FenwickState":
-        return FenwickState(self.states.detach(), self.positions.detach())
+        return self._map(torch.Tensor.detach)
 
     def clone(self) -> "FenwickState":
-        return FenwickState(self.states.clone(), self.positions.clone())
+        return self._map(torch.Tensor.clone)

@@ -11,6 +11,7 @@ from fla_loglinear.levels import (
     level_matrix,
     num_levels,
     occupied_slots,
+    slot_written_at,
     state_slot_weights,
 )
 
@@ -155,3 +156,19 @@ def test_occupied_slots_are_the_slots_keys_fall_in():
             assert {l for l in range(L) if got[p, l]} == want, (p, L)
     with pytest.raises(ValueError, match="L must be >= 1"):
         occupied_slots(torch.tensor([3]), 0)
+
+
+def test_slot_written_at_is_the_last_merge_into_each_slot():
+    """Advancing a state token by token from 0 (a merge into slot min(advance_level(b - 1, b), L - 1)
+    at every b), the last b that wrote each occupied slot."""
+    for L in range(1, 9):
+        got = slot_written_at(torch.arange(MAX_T), L)
+        last = {}
+        for p in range(MAX_T):
+            if p > 0:
+                last[min(advance_level(p - 1, p), L - 1)] = p
+            for l in range(L):
+                if occupied_slots(torch.tensor(p), L)[l]:
+                    assert got[p, l].item() == last[l], (p, L, l)
+    with pytest.raises(ValueError, match="L must be >= 1"):
+        slot_written_at(torch.tensor([3]), 0)

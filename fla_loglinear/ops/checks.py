@@ -6,7 +6,7 @@ import torch
 from fla_loglinear.state import FenwickState
 
 __all__ = ["check_rank", "check_same_device", "check_float_dtypes", "check_cu_seqlens", "check_state", "check_heads",
-           "check_inplace_state", "finish_inplace", "updatable_in_place"]
+           "check_inplace_state", "check_pending", "finish_inplace", "updatable_in_place"]
 
 
 def check_rank(name: str, x: torch.Tensor, ndim: int, layout: str) -> None:
@@ -76,12 +76,20 @@ def check_heads(G: int, H: int, qk_name: str = "q/k", v_name: str = "v") -> None
 
 
 def check_state(
-    name: str, state: FenwickState | None, N: int, H: int, L: int, K: int, V: int, device: torch.device
+    name: str, state: FenwickState | None, N: int, H: int, L: int, K: int, V: int, device: torch.device,
+    pending: bool = False,
 ) -> None:
+    """``pending``: the caller decodes Gated DeltaNet states with their pending transitions (every
+    other caller gets them settled first, or is not a Gated DeltaNet op and cannot use them)."""
     if state is None:
         return
     if not isinstance(state, FenwickState):
         raise TypeError(f"{name} must be a fla_loglinear.FenwickState, got {type(state).__name__}")
+    if state.has_pending and not pending:
+        raise ValueError(
+            f"{name} holds pending Gated DeltaNet transitions (pending_keys is set), which this op does not "
+            "apply; only the log-linear Gated DeltaNet ops continue such a state"
+        )
     expected = (N, H, L, K, V)
     if tuple(state.states.shape) != expected:
         raise ValueError(
@@ -97,6 +105,30 @@ def check_state(
         dev = getattr(state, field).device
         if dev != device:
             raise ValueError(f"{name}.{field} is on {dev} but the inputs are on {device}")
+    if state.has_pending:
+        check_pending(name, state, K)
+
+
+def check_pending(name: str, state: FenwickState, K: int) -> None:
+    """The pending-transition fields of ``state`` (see :class:`FenwickState`) against its slots."""
+    fields = ("pending_keys", "pending_gates", "pending_from")
+    if any(getattr(state, f) is None for f in fields):
+        raise ValueError(f"{name} must set all of {fields} or none, got "
+                         f"{[f for f in fields if getattr(state, f) is None]} unset")
+    N, H = state.states.shape[:2]
+    F = state.pending_keys.shape[2] if state.pending_keys.ndim == 4 else 0
+    expected = {"pending_keys": (N, H, F, K), "pending_gates": (N, H, F, 2), "pending_from": (N,)}
+    for f, shape in expected.items():
+        x = getattr(state, f)
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name}.{f} has shape {tuple(x.shape)}, expected {list(shape)}")
+        want = torch.int64 if f == "pending_from" else torch.float32
+        if x.dtype != want:
+            raise TypeError(f"{name}.{f} must be {want}, got {x.dtype}")
+        if x.device != state.states.device:
+            raise ValueError(f"{name}.{f} is on {x.device} but {name}.states is on {state.states.device}")
+    if F < 2:
+        raise ValueError(f"{name}.pending_keys must hold F >= 2 transitions, got F = {F}")
 
 
 def updatable_in_place(state: FenwickState | None) -> bool:
@@ -120,12 +152,16 @@ def check_inplace_state(state: FenwickState | None) -> None:
         raise TypeError(f"inplace_final_state=True needs int64 initial_state.positions, got {state.positions.dtype}")
 
 
-def finish_inplace(state: FenwickState, final: FenwickState | None, lengths: torch.Tensor | int) -> FenwickState:
+def finish_inplace(state: FenwickState, final: FenwickState | None, lengths: torch.Tensor | int,
+                   kept_pending: bool = False) -> FenwickState:
     """Makes ``state`` the final state: ``final``'s values copied in (paths that computed a new
-    one), and its positions advanced by ``lengths`` (``[N]`` or one for all) on the device."""
+    one), and its positions advanced by ``lengths`` (``[N]`` or one for all) on the device.
+    ``kept_pending``: the call left transitions pending in ``state`` (else none are, at the new positions)."""
     if final is not None:
         state.states.copy_(final.states)
     if isinstance(lengths, torch.Tensor):
         lengths = lengths.to(state.positions.device, torch.int64)
     state.positions.add_(lengths)
+    if state.has_pending and not kept_pending:
+        state.pending_from.copy_(state.positions)
     return state

@@ -1,5 +1,7 @@
 """Fenwick states for the tests: which slots are empty, found from ``levels.buckets`` (the query's
 own partition) rather than from ``levels.occupied_slots``, which the ops use."""
+import dataclasses
+
 import torch
 
 from fla_loglinear.levels import buckets
@@ -28,3 +30,13 @@ def occupied_part(states: torch.Tensor, positions) -> torch.Tensor:
     """``states`` with the empty slots zeroed, for comparing states whose empty slots may hold anything."""
     mask = empty_slots(positions, states.shape[2]).to(states.device)[:, None, :, None, None]
     return states.masked_fill(mask, 0)
+
+
+def settled_states(state: FenwickState, state_v_first: bool = False) -> torch.Tensor:
+    """``state.states`` as ``[N, H, L, K, V]`` with the pending transitions of in-place Gated DeltaNet
+    decoding applied (``settle_pending``; the state itself when it holds none)."""
+    from fla_loglinear.ops.log_linear_gated_delta_rule import settle_pending
+
+    if state_v_first:
+        state = dataclasses.replace(state, states=state.states.transpose(-1, -2))
+    return settle_pending(state).states

@@ -30,3 +30,10 @@ def slot_occupied(p, l, L: tl.constexpr):
     last = p >= ((p * 0 + 1) << shift)
     inner = (l > 0) & (((p >> shift) & 1) == 1)
     return tl.where(l == L - 1, last, inner)
+
+
+@triton.jit
+def slot_written_at(p, l):
+    """``levels.slot_written_at`` for slot ``l`` of a state at position ``p`` (a scalar int64)."""
+    shift = tl.maximum(l - 1, 0)
+    return (p >> shift) << shift

@@ -6,6 +6,7 @@ from fla_loglinear.ops.log_linear_gated_delta_rule.naive import (
     naive_quadratic_log_linear_gated_delta_rule,
     naive_recurrent_log_linear_gated_delta_rule,
 )
+from fla_loglinear.ops.log_linear_gated_delta_rule.pending import settle_pending
 
 __all__ = [
     "chunk_log_linear_gated_delta_rule",
@@ -13,4 +14,5 @@ __all__ = [
     "naive_chunk_log_linear_gated_delta_rule",
     "naive_quadratic_log_linear_gated_delta_rule",
     "naive_recurrent_log_linear_gated_delta_rule",
+    "settle_pending",
 ]

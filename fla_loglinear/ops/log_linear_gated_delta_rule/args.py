@@ -26,6 +26,7 @@ def check_log_linear_gated_delta_rule_args(
     level_scales: torch.Tensor,
     initial_state: FenwickState | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    pending: bool = False,
 ) -> tuple[int, int, int, int, int, int, int, int]:
     """Validates the inputs of a log-linear gated delta rule op before any work is done.
 
@@ -37,6 +38,8 @@ def check_log_linear_gated_delta_rule_args(
         level_scales: ``[B, T, HV, L]`` lambdas, indexed by the query position.
         initial_state: optional FenwickState with ``states [N, HV, L, K, V]`` and ``positions [N]``.
         cu_seqlens: optional ``[N + 1]`` packed offsets (then ``B == 1``).
+        pending: the caller accepts a state with pending transitions (the public ops, which settle
+            them or decode with them); the references do not.
 
     Returns:
         ``(B, T, H, HV, K, V, L, N)``.
@@ -71,5 +74,5 @@ def check_log_linear_gated_delta_rule_args(
     check_same_device(q=q, k=k, v=v, g=g, beta=beta, level_scales=level_scales, cu_seqlens=cu_seqlens)
     check_heads(H, HV, qk_name="q/k", v_name="v")
     N = check_cu_seqlens(cu_seqlens, B, T)
-    check_state("initial_state", initial_state, N, HV, L, K, V, q.device)
+    check_state("initial_state", initial_state, N, HV, L, K, V, q.device, pending=pending)
     return B, T, H, HV, K, V, L, N

@@ -1,6 +1,7 @@
 """Chunked log-linear gated delta rule (training / prefill), a drop-in for fla's chunk_gated_delta_rule."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -11,6 +12,7 @@ from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_loca
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import chunk_local_fused_fwd
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
 from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_chunk_log_linear_gated_delta_rule
+from fla_loglinear.ops.log_linear_gated_delta_rule.pending import settle_pending
 from fla_loglinear.ops.triton_env import interpreter_on, use_triton
 from fla_loglinear.state import FenwickState
 
@@ -37,7 +39,7 @@ def state_in(initial_state: FenwickState | None, state_v_first: bool) -> Fenwick
     """Our kernels keep slots as ``[K, V]``; fla's layer may hand us ``[V, K]`` (state_v_first)."""
     if initial_state is None or not state_v_first or not isinstance(initial_state, FenwickState):
         return initial_state
-    return FenwickState(initial_state.states.transpose(-1, -2), initial_state.positions)
+    return dataclasses.replace(initial_state, states=initial_state.states.transpose(-1, -2))
 
 
 def state_out(state: FenwickState | None, state_v_first: bool) -> FenwickState | None:
@@ -149,11 +151,12 @@ def chunk_log_linear_gated_delta_rule(
     opts = parse_options(op, use_qk_l2norm_in_kernel, kwargs)
     state = state_in(initial_state, opts.state_v_first)
     B, T, H, HV, K, V, L, N = check_log_linear_gated_delta_rule_args(
-        q, k, v, g, beta, level_scales, initial_state=state, cu_seqlens=cu_seqlens
+        q, k, v, g, beta, level_scales, initial_state=state, cu_seqlens=cu_seqlens, pending=True
     )
     if scale is None:
         scale = K ** -0.5
     triton_path = use_kernels(q, opts.force_triton, K, L)
+    state = settle_pending(state)
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
     if triton_path:
         o, final = chunk_log_linear_gated_delta_rule_fwd(

@@ -1,6 +1,7 @@
 """Token-recurrent log-linear gated delta rule: decoding from a FenwickState."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -8,15 +9,28 @@ import triton
 import triton.language as tl
 
 from fla_loglinear.ops.checks import check_inplace_state, finish_inplace
-from fla_loglinear.ops.log_linear_attn.triton_levels import slot_occupied
+from fla_loglinear.ops.log_linear_attn.triton_levels import slot_occupied, slot_written_at
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import state_in, state_out, use_kernels
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import _merge_slot
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
 from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_recurrent_log_linear_gated_delta_rule
+from fla_loglinear.ops.log_linear_gated_delta_rule.pending import attach_pending, settle_pending
 from fla_loglinear.state import FenwickState
 
 __all__ = ["fused_recurrent_log_linear_gated_delta_rule"]
+
+
+@triton.jit
+def _transition(s, k, eg, beta):
+    # A S = e^g (S - beta k (k^T S)) for a [K, BV] slot
+    return eg * (s - beta * k[:, None] * tl.sum(k[:, None] * s, 0)[None, :])
+
+
+@triton.jit
+def _transition_vector(x, k, eg, beta):
+    # A x for a [K] vector
+    return eg * (x - beta * tl.sum(k * x, 0) * k)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -72,8 +86,7 @@ def fused_recurrent_fwd_kernel(
                 else:
                     b_s = tl.load(p_h + l * K * V, mask=m_kv, other=0.)
                 # A_p S = e^g (S - beta k (k^T S))
-                b_ks = tl.sum(b_k[:, None] * b_s, 0)
-                b_s = b_eg * (b_s - b_beta * b_k[:, None] * b_ks[None, :])
+                b_s = _transition(b_s, b_k, b_eg, b_beta)
                 b_lam = tl.load(lam + (i_t * HV + i_hv) * L + l).to(tl.float32)
                 b_o += b_lam * tl.sum(b_q[:, None] * b_s, 0)
             if l == 0:
@@ -92,6 +105,82 @@ def fused_recurrent_fwd_kernel(
         tl.debug_barrier()
 
 
+@triton.jit
+def fused_recurrent_pending_kernel(
+    q, k, v, g, beta, lam, o, h, pos, lk, lg, lfrom, scale, S_K, S_V,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, F: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+):
+    # One token per sequence (token row i_n, with or without cu_seqlens), in place, with the log of
+    # pending transitions of .pending: slots are read for the output through A^T q and written only
+    # when merged into, or when the log is full.
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_hv = i_nh // HV, i_nh % HV
+    i_h = i_hv // (HV // H)
+    i_t = i_n.to(tl.int64)
+    p = tl.load(pos + i_n).to(tl.int64)
+    r = (p - tl.load(lfrom + i_n)) % F
+    full = r == F - 1
+
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_h = h + i_nh.to(tl.int64) * L * K * V + o_k[:, None] * S_K + o_v[None, :] * S_V
+    p_lk = lk + i_nh.to(tl.int64) * F * K + o_k
+    p_lg = lg + i_nh.to(tl.int64) * F * 2
+
+    b_q = tl.load(q + (i_t * H + i_h) * K + o_k, mask=m_k, other=0.).to(tl.float32) * scale
+    b_k = tl.load(k + (i_t * H + i_h) * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_v = tl.load(v + (i_t * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
+    b_g = tl.load(g + i_t * HV + i_hv).to(tl.float32)
+    b_eg = tl.exp(b_g)
+    b_beta = tl.load(beta + i_t * HV + i_hv).to(tl.float32)
+    mm = _merge_slot(p, p + 1, L)
+
+    b_o = tl.load(lam + i_t * HV * L + i_hv * L).to(tl.float32) * b_beta * tl.sum(b_q * b_k, 0) * b_v
+    # x = A_a^T ... A_p^T q with a the oldest transition the next slot has not seen (A is symmetric);
+    # the slots' pending transitions only grow with l (levels.slot_written_at falls), so x only moves on
+    b_x = _transition_vector(b_q, b_k, b_eg, b_beta)
+    j = r
+    b_acc = tl.zeros([BK, BV], dtype=tl.float32)
+    for l in range(L):
+        occ = slot_occupied(p, l, L)
+        b_s = tl.zeros([BK, BV], dtype=tl.float32)
+        j0 = r
+        if occ:
+            j0 = r - tl.minimum(p - slot_written_at(p, l), r)
+            for i in range(0, j - j0):
+                e = j - 1 - i
+                b_ki = tl.load(p_lk + e * K, mask=m_k, other=0.)
+                b_x = _transition_vector(b_x, b_ki, tl.exp(tl.load(p_lg + e * 2)), tl.load(p_lg + e * 2 + 1))
+            j = j0
+            b_s = tl.load(p_h + l * K * V, mask=m_kv, other=0.)
+            b_o += tl.load(lam + i_t * HV * L + i_hv * L + l).to(tl.float32) * tl.sum(b_x[:, None] * b_s, 0)
+        if (l <= mm) | (occ & full):
+            if occ:
+                # bring the slot up to date: its pending transitions, oldest first, then this token's
+                for i in range(j0, r):
+                    b_ki = tl.load(p_lk + i * K, mask=m_k, other=0.)
+                    b_s = _transition(b_s, b_ki, tl.exp(tl.load(p_lg + i * 2)), tl.load(p_lg + i * 2 + 1))
+                b_s = _transition(b_s, b_k, b_eg, b_beta)
+            if l == 0:
+                b_s += b_beta * b_k[:, None] * b_v[None, :]
+            if l < mm:
+                b_acc += b_s
+            elif l == mm:
+                tl.store(p_h + l * K * V, b_acc + b_s, mask=m_kv)
+            else:
+                tl.store(p_h + l * K * V, b_s, mask=m_kv)
+    tl.store(o + (i_t * HV + i_hv) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+    if not full:
+        # every V block stores the same entry; none reads entry r in this launch
+        tl.store(p_lk + r * K, b_k, mask=m_k)
+        tl.store(p_lg + r * 2, b_g)
+        tl.store(p_lg + r * 2 + 1, b_beta)
+
+
 @functools.lru_cache(maxsize=None)
 def _decode_blocks(K: int, V: int) -> tuple[int, int, int]:
     """``(BK, BV, num_warps)`` of the decode kernel: one program per (sequence, value head, V block)
@@ -105,7 +194,8 @@ def _decode_blocks(K: int, V: int) -> tuple[int, int, int]:
 
 def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale, initial_state,
                                                     state_v_first, cu_seqlens, N, lengths, inplace=False):
-    """``lengths``: the new tokens per sequence (``T``, or ``[N]`` with ``cu_seqlens``)."""
+    """``lengths``: the new tokens per sequence (``T``, or ``[N]`` with ``cu_seqlens``).  An
+    ``initial_state`` with pending transitions is decoded in place with them (one token per sequence)."""
     B, T, H, K = q.shape
     HV, V, L = v.shape[2], v.shape[3], level_scales.shape[-1]
     if initial_state is None:
@@ -125,7 +215,16 @@ def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scal
     BK, BV, num_warps = _decode_blocks(K, V)
     q, k, v, g, beta, level_scales = (x.contiguous() for x in (q, k, v, g, beta, level_scales))
     # plain integers: triton.cdiv is a constexpr function, slow to call from Python
-    fused_recurrent_fwd_kernel[((V + BV - 1) // BV, N * HV)](
+    grid = ((V + BV - 1) // BV, N * HV)
+    if initial_state is not None and initial_state.has_pending:
+        st = initial_state
+        fused_recurrent_pending_kernel[grid](
+            q, k, v, g, beta, level_scales, o, buf, positions, st.pending_keys, st.pending_gates, st.pending_from,
+            scale, s_k, s_v,
+            H=H, HV=HV, K=K, V=V, L=L, F=st.pending_keys.shape[2], BK=BK, BV=BV, num_warps=num_warps,
+        )
+        return o, None
+    fused_recurrent_fwd_kernel[grid](
         q, k, v, g, beta, level_scales, o, h0, buf, positions, cu_seqlens, scale, T, s_k, s_v,
         H=H, HV=HV, K=K, V=V, L=L, BK=BK, BV=BV, IS_VARLEN=cu_seqlens is not None, HAS_H0=h0 is not None,
         INPLACE=inplace,
@@ -165,8 +264,10 @@ def fused_recurrent_log_linear_gated_delta_rule(
 
     ``inplace_final_state=True`` writes the final state into ``initial_state``'s own float32
     ``states`` and int64 ``positions`` (``output_final_state`` then returns that object): the
-    layer decodes this way, so that a step touches only the slots occupied at its position
-    (``levels.occupied_slots``) and the one it merges into, not all ``L``.
+    layer decodes this way.  On the Triton path a call of one token per sequence then leaves the
+    token's transition pending in a log on the state (:mod:`.pending`): it reads the occupied slots
+    (``levels.occupied_slots``) and writes only the one it merges into, and all of them once every
+    ``PENDING_CAPACITY`` tokens.  Every other use of such a state applies the log first.
 
     Forward only (decoding): raises on every device if a gradient is required; train with the chunked op.
     CUDA runs the Triton kernel; CPU runs ``naive_recurrent_log_linear_gated_delta_rule``.
@@ -181,13 +282,25 @@ def fused_recurrent_log_linear_gated_delta_rule(
         raise RuntimeError(f"{op} is forward-only (decoding); use chunk_log_linear_gated_delta_rule for training")
     state = state_in(initial_state, opts.state_v_first)
     B, T, H, HV, K, V, L, N = check_log_linear_gated_delta_rule_args(
-        q, k, v, g, beta, level_scales, initial_state=state, cu_seqlens=cu_seqlens
+        q, k, v, g, beta, level_scales, initial_state=state, cu_seqlens=cu_seqlens, pending=True
     )
     if inplace_final_state:
         check_inplace_state(initial_state)
     if scale is None:
         scale = K ** -0.5
     triton_path = use_kernels(q, opts.force_triton, K, L)
+    # in-place steps of one token per sequence (cu_seqlens offsets strictly increase) keep a log of
+    # pending transitions (.pending); any other call applies it first
+    keep_pending = inplace_final_state and triton_path and L > 1 and B * T == N
+    if keep_pending:
+        attach_pending(initial_state, K)
+        state = state_in(initial_state, opts.state_v_first)
+    elif state is not None and state.has_pending:
+        settled = settle_pending(state)
+        if inplace_final_state:
+            state.states.copy_(settled.states)
+        state = settled if not inplace_final_state else dataclasses.replace(
+            state, pending_keys=None, pending_gates=None, pending_from=None)
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
     # a decoding step is mostly launch overhead: equal lengths need no length tensor
     lengths = T if cu_seqlens is None else cu_seqlens.diff().long()
@@ -203,6 +316,7 @@ def fused_recurrent_log_linear_gated_delta_rule(
         )
     if inplace_final_state:
         # the kernel wrote the states already; the reference's new ones are copied in
-        final = finish_inplace(initial_state, None if triton_path else state_out(final, opts.state_v_first), lengths)
+        final = finish_inplace(initial_state, None if triton_path else state_out(final, opts.state_v_first), lengths,
+                               kept_pending=keep_pending)
         return o, (final if output_final_state else None)
     return o, state_out(final if output_final_state else None, opts.state_v_first)
