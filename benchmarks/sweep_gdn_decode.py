@@ -2,6 +2,7 @@
 
     python benchmarks/sweep_gdn_decode.py
     python benchmarks/sweep_gdn_decode.py --host   # host time of a step, its kernels, and its Python calls
+    python benchmarks/sweep_gdn_decode.py --phases # GPU time of the in-place step per pending-log fill level
 
 At the decode benchmark's shape (B = 64 at position 100,000, H = 16, K = V = 128, in place), each
 setting replaces ``fused_recurrent._decode_blocks`` (the V block width and warps) and prints the time
@@ -72,6 +73,38 @@ def host_profile() -> None:
     pstats.Stats("/tmp/decode.prof").sort_stats("tottime").print_stats(15)
 
 
+def phases() -> None:
+    """Per launch shape, the GPU time of the in-place step at 100,000 with ``r = 0 .. F - 1``
+    transitions pending (``r = F - 1`` applies the log to every occupied slot)."""
+    from fla_loglinear.ops.log_linear_gated_delta_rule.pending import PENDING_CAPACITY as F
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ours = decode_step("ours")
+        for setting in SETTINGS:
+            name = "defaults" if setting is None else f"BV={setting[0]} warps={setting[1]}"
+            if setting is not None:
+                fused_recurrent._decode_blocks = (lambda BV, nw: lambda K, V: (DEFAULT(K, V)[0], BV, nw))(*setting)
+            try:
+                # time_ms times back-to-back calls; F calls per sample walk r through 0 .. F - 1 once
+                mean = time_ms(lambda: [ours() for _ in range(F)], 10) / F
+                print(f"{name:<20} mean over r {mean:.4f} ms", flush=True)
+            except Exception as e:
+                print(f"{name:<20} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            finally:
+                fused_recurrent._decode_blocks = DEFAULT
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = [[] for _ in range(F)]
+        for i in range(10 * F):
+            start.record()
+            ours()
+            end.record()
+            end.synchronize()
+            # every timing above ran whole cycles of F calls, so call i has r = i % F
+            times[i % F].append(start.elapsed_time(end))
+        print("defaults, per r (ms): " + " ".join(f"{sorted(t)[len(t) // 2]:.3f}" for t in times), flush=True)
+
+
 def main() -> None:
     torch.manual_seed(0)
     with torch.no_grad():
@@ -92,4 +125,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    host_profile() if "--host" in sys.argv else main()
+    if "--host" in sys.argv:
+        host_profile()
+    elif "--phases" in sys.argv:
+        phases()
+    else:
+        main()

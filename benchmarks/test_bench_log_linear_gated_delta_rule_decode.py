@@ -17,8 +17,11 @@ B, POS, H, K, V = 64, 100_000, 16, 128, 128
 
 def decode_step(impl: str):
     """One decode step of ``impl`` at the benchmark shape as a no-argument call (no sync).  ``ours``
-    decodes in place, as the layer does (the position is reset every call, so every call is the
-    step at 100,000); ``ours_new_state`` writes a new state, as fla's step does."""
+    decodes in place, as the layer does, which leaves each token's transition pending in a log of
+    ``F = PENDING_CAPACITY`` entries and applies the log to every slot when it is full: every call is
+    the step at position 100,000, and the calls cycle through the log's ``F`` fill levels (``r`` =
+    0 .. F - 1, the last one applying it), so a full log counts once per ``F`` steps, as in a long
+    decode.  ``ours_new_state`` writes a new state, as fla's step does."""
     dev, bf = "cuda", torch.bfloat16
     q = torch.randn(B, 1, H, K, device=dev, dtype=bf)
     k = F.normalize(torch.randn(B, 1, H, K, device=dev), dim=-1).to(bf)
@@ -27,14 +30,20 @@ def decode_step(impl: str):
     beta = torch.rand(B, 1, H, device=dev).to(bf)
     if impl != "fla":
         from fla_loglinear.ops.log_linear_gated_delta_rule import fused_recurrent_log_linear_gated_delta_rule
+        from fla_loglinear.ops.log_linear_gated_delta_rule.pending import PENDING_CAPACITY
         L = num_levels(2 * POS)
         lam = torch.rand(B, 1, H, L, device=dev) + 0.5
         st = FenwickState(torch.randn(B, H, L, K, V, device=dev) * 0.1,
                           torch.full((B,), POS, device=dev, dtype=torch.int64))
 
+        calls = [0]
+
         def run():
             if impl == "ours":
                 st.positions.fill_(POS)
+                if st.has_pending:  # r = calls % F transitions pending
+                    st.pending_from.fill_(POS - calls[0] % PENDING_CAPACITY)
+            calls[0] += 1
             fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=st,
                                                         output_final_state=True, inplace_final_state=impl == "ours")
         return run
@@ -56,4 +65,4 @@ def test_bench_gdn_decode(benchmark, impl):
     benchmark.extra_info.update(dict(T=1, op=impl, impl=impl, mode="decode", group="gated_delta_rule decode",
                                      B=B, position=POS))
     with torch.no_grad():
-        benchmark.pedantic(target, rounds=20, warmup_rounds=1, iterations=1)
+        benchmark.pedantic(target, rounds=32, warmup_rounds=1, iterations=1)  # two full logs of ours

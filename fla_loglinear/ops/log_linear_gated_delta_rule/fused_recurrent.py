@@ -33,6 +33,15 @@ def _transition_vector(x, k, eg, beta):
     return eg * (x - beta * tl.sum(k * x, 0) * k)
 
 
+@triton.jit
+def _log_entry(p_lk, p_lg, e, ok, m_k, K: tl.constexpr):
+    # (k, e^g, beta) of entry e of a log of pending transitions (zeros unless ok)
+    b_k = tl.load(p_lk + e * K, mask=tl.where(ok, m_k, False), other=0.)
+    b_g = tl.load(p_lg + e * 2, mask=ok, other=0.)
+    b_beta = tl.load(p_lg + e * 2 + 1, mask=ok, other=0.)
+    return b_k, tl.exp(b_g), b_beta
+
+
 @triton.jit(do_not_specialize=["T"])
 def fused_recurrent_fwd_kernel(
     q, k, v, g, beta, lam, o, h0, h, pos, cu_seqlens, scale, T, S_K, S_V,
@@ -150,20 +159,25 @@ def fused_recurrent_pending_kernel(
         b_s = tl.zeros([BK, BV], dtype=tl.float32)
         j0 = r
         if occ:
-            j0 = r - tl.minimum(p - slot_written_at(p, l), r)
-            for i in range(0, j - j0):
-                e = j - 1 - i
-                b_ki = tl.load(p_lk + e * K, mask=m_k, other=0.)
-                b_x = _transition_vector(b_x, b_ki, tl.exp(tl.load(p_lg + e * 2)), tl.load(p_lg + e * 2 + 1))
-            j = j0
+            # the slot's read is issued first: it does not wait for x
             b_s = tl.load(p_h + l * K * V, mask=m_kv, other=0.)
+            j0 = r - tl.minimum(p - slot_written_at(p, l), r)
+            # entries j - 1 down to j0, each loaded one entry ahead of its use (x is a chain of reductions)
+            b_kn, b_egn, b_bn = _log_entry(p_lk, p_lg, j - 1, j > j0, m_k, K)
+            for i in range(0, j - j0):
+                b_ki, b_egi, b_bi = b_kn, b_egn, b_bn
+                b_kn, b_egn, b_bn = _log_entry(p_lk, p_lg, j - 2 - i, j - 2 - i >= j0, m_k, K)
+                b_x = _transition_vector(b_x, b_ki, b_egi, b_bi)
+            j = j0
             b_o += tl.load(lam + i_t * HV * L + i_hv * L + l).to(tl.float32) * tl.sum(b_x[:, None] * b_s, 0)
         if (l <= mm) | (occ & full):
             if occ:
                 # bring the slot up to date: its pending transitions, oldest first, then this token's
+                b_kn, b_egn, b_bn = _log_entry(p_lk, p_lg, j0, j0 < r, m_k, K)
                 for i in range(j0, r):
-                    b_ki = tl.load(p_lk + i * K, mask=m_k, other=0.)
-                    b_s = _transition(b_s, b_ki, tl.exp(tl.load(p_lg + i * 2)), tl.load(p_lg + i * 2 + 1))
+                    b_ki, b_egi, b_bi = b_kn, b_egn, b_bn
+                    b_kn, b_egn, b_bn = _log_entry(p_lk, p_lg, i + 1, i + 1 < r, m_k, K)
+                    b_s = _transition(b_s, b_ki, b_egi, b_bi)
                 b_s = _transition(b_s, b_k, b_eg, b_beta)
             if l == 0:
                 b_s += b_beta * b_k[:, None] * b_v[None, :]
