@@ -84,7 +84,7 @@ def phases() -> None:
         for setting in SETTINGS:
             name = "defaults" if setting is None else f"BV={setting[0]} warps={setting[1]}"
             if setting is not None:
-                fused_recurrent._decode_blocks = (lambda BV, nw: lambda K, V: (DEFAULT(K, V)[0], BV, nw))(*setting)
+                fused_recurrent._decode_blocks = (lambda BV, nw: lambda K, V, pending=False: (DEFAULT(K, V)[0], BV, nw))(*setting)
             try:
                 # time_ms times back-to-back calls; F calls per sample walk r through 0 .. F - 1 once
                 mean = time_ms(lambda: [ours() for _ in range(F)], 10) / F
@@ -115,7 +115,7 @@ def main() -> None:
         for setting in SETTINGS:
             name = "defaults" if setting is None else f"BV={setting[0]} warps={setting[1]}"
             if setting is not None:
-                fused_recurrent._decode_blocks = (lambda BV, nw: lambda K, V: (DEFAULT(K, V)[0], BV, nw))(*setting)
+                fused_recurrent._decode_blocks = (lambda BV, nw: lambda K, V, pending=False: (DEFAULT(K, V)[0], BV, nw))(*setting)
             try:
                 print(f"{name:<36} gpu {time_ms(ours, 50):.4f} ms  wall {wall_ms(ours):.4f} ms", flush=True)
             except Exception as e:  # a setting that does not compile is a result, not the end

@@ -213,7 +213,7 @@ def test_gpu_decode(dtype, tol, K, T):
 def test_gpu_decode_launch_shapes(monkeypatch, BV, num_warps):
     from fla_loglinear.ops.log_linear_gated_delta_rule import fused_recurrent
 
-    monkeypatch.setattr(fused_recurrent, "_decode_blocks", lambda K, V: (max(16, K), BV, num_warps))
+    monkeypatch.setattr(fused_recurrent, "_decode_blocks", lambda K, V, pending=False: (max(16, K), BV, num_warps))
     check_gpu_decode(torch.float32, 1e-4, 128, 2)
 
 

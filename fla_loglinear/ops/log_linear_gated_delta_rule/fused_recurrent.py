@@ -196,14 +196,17 @@ def fused_recurrent_pending_kernel(
 
 
 @functools.lru_cache(maxsize=None)
-def _decode_blocks(K: int, V: int) -> tuple[int, int, int]:
-    """``(BK, BV, num_warps)`` of the decode kernel: one program per (sequence, value head, V block)
-    holds whole ``[K, BV]`` slots; a step is bound by the slots' bytes (results run 16: 2.7 TB/s).
+def _decode_blocks(K: int, V: int, pending: bool = False) -> tuple[int, int, int]:
+    """``(BK, BV, num_warps)`` of the decode kernels: one program per (sequence, value head, V block)
+    holds whole ``[K, BV]`` slots.  Writing every slot, a step is bound by the slots' bytes (results
+    run 16: 2.7 TB/s) and 4 warps were the fastest (run 26).  With pending transitions (``pending``)
+    a step is mostly chains of ``[K]`` reductions, which 2 warps run faster up to K = 128 (run 33: 0.206
+    vs 0.251 ms at position 100,000, averaged over the log's fill levels).
     Cached: ``triton.next_power_of_2`` costs microseconds of host time, and every decode step pays its
     host time in full (results run 29: 102 µs of host and 317 µs of kernel per step)."""
     BK = max(16, triton.next_power_of_2(K))
     BV = max(16, min(triton.next_power_of_2(V), 32 if K >= 128 else 64))
-    return BK, BV, 4
+    return BK, BV, 2 if pending and BK <= 128 else 4
 
 
 def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale, initial_state,
@@ -226,11 +229,12 @@ def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scal
         buf = torch.empty(N, HV, L, K, V, dtype=torch.float32, device=q.device)
     s_k, s_v = (1, K) if state_v_first else (V, 1)
     o = torch.empty(B, T, HV, V, dtype=v.dtype, device=q.device)
-    BK, BV, num_warps = _decode_blocks(K, V)
+    pending = initial_state is not None and initial_state.has_pending
+    BK, BV, num_warps = _decode_blocks(K, V, pending)
     q, k, v, g, beta, level_scales = (x.contiguous() for x in (q, k, v, g, beta, level_scales))
     # plain integers: triton.cdiv is a constexpr function, slow to call from Python
     grid = ((V + BV - 1) // BV, N * HV)
-    if initial_state is not None and initial_state.has_pending:
+    if pending:
         st = initial_state
         fused_recurrent_pending_kernel[grid](
             q, k, v, g, beta, level_scales, o, buf, positions, st.pending_keys, st.pending_gates, st.pending_from,
