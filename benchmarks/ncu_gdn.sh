@@ -6,7 +6,7 @@
 # 2. the decode kernel at the decode benchmark's shape: its DRAM throughput against the 4.3 TB/s a
 #    device-to-device copy reaches there (KINDS.md).
 # ncu needs the Firecracker runtime (KINDS.md; on gVisor it cannot read the counters): the first lines of
-# ncu-check.txt say whether it could.  Written in the eighth session with no device time left: not run yet.
+# ncu-check.txt say whether it could.  First run: results run 31.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/local}
 R=$OUT/run
