@@ -128,7 +128,8 @@ def chunk_log_linear_gated_delta_rule(
         level_scales: ``[B, T, HV, L]`` per-query lambdas; level ``l`` uses ``lambda[min(l, L-1)]``.
         scale: query scale; ``None`` means ``K ** -0.5``.
         initial_state: :class:`FenwickState` with ``states [N, HV, L, K, V]`` (``[N, HV, L, V, K]``
-            with ``state_v_first``) and ``positions [N]``; the sequences continue from there.
+            with ``state_v_first``) and ``positions [N]``; the sequences continue from there (transitions
+            that in-place decoding left pending in it are applied first, see :mod:`.pending`).
         output_final_state: also return the FenwickState after the last token.
         use_qk_l2norm_in_kernel: L2-normalise q and k first.
         cu_seqlens: ``[N + 1]`` packed offsets (``B == 1``).
