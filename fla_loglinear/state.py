@@ -1,7 +1,7 @@
 """The recurrent state of log-linear attention, shared by both variants."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -64,8 +64,8 @@ class FenwickState:
         return FenwickState(self.states * mask, self.positions)
 
     def _map(self, fn) -> "FenwickState":
-        return FenwickState(*(None if x is None else fn(x) for x in (
-            self.states, self.positions, self.pending_keys, self.pending_gates, self.pending_from)))
+        return FenwickState(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                               for f in fields(self)})
 
     def detach(self) -> "FenwickState":
         return self._map(torch.Tensor.detach)

@@ -1,7 +1,6 @@
 """Token-recurrent log-linear gated delta rule: decoding from a FenwickState."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import torch
@@ -311,14 +310,15 @@ def fused_recurrent_log_linear_gated_delta_rule(
     # pending transitions (.pending); any other call applies it first
     keep_pending = inplace_final_state and triton_path and L > 1 and B * T == N
     if keep_pending:
-        attach_pending(initial_state, K)
-        state = state_in(initial_state, opts.state_v_first)
+        if not initial_state.has_pending:  # the first such step: state_in's view must carry the new log
+            attach_pending(initial_state, K)
+            state = state_in(initial_state, opts.state_v_first)
     elif state is not None and state.has_pending:
         settled = settle_pending(state)
-        if inplace_final_state:
+        if inplace_final_state:  # into the caller's tensors; finish_inplace empties the log
             state.states.copy_(settled.states)
-        state = settled if not inplace_final_state else dataclasses.replace(
-            state, pending_keys=None, pending_gates=None, pending_from=None)
+            settled = FenwickState(state.states, state.positions)
+        state = settled
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
     # a decoding step is mostly launch overhead: equal lengths need no length tensor
     lengths = T if cu_seqlens is None else cu_seqlens.diff().long()
