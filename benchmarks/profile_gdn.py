@@ -19,7 +19,8 @@ import triton
 
 from fla_loglinear.levels import num_levels
 from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_log_linear_gated_delta_rule
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import chunk_inter_bwd, chunk_inter_fwd
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import (chunk_inter_bwd, chunk_inter_fwd,
+                                                                       chunk_inter_replay)
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, from_tokens, make_layout
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import (
     ChunkLocalFusedFunction,
@@ -93,15 +94,16 @@ def profile(T: int) -> None:
     meta = (layout.chunk_offsets, layout.pos_start, layout.pos_end, B, L)
     row("chunk_inter_fwd (Triton slot scan, adds o_intra)",
         lambda: chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, o_intra, dt))
-    row("chunk_inter_fwd, storing slots (bwd replay)",
-        lambda: chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, store=True))
-    o = chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, o_intra, dt)[0]
+    hs = torch.empty(layout.NC, H, L, D, D, dtype=dt, device=dev)
+    row("chunk_inter_replay (the bwd's forward replay, storing slots)",
+        lambda: chunk_inter_replay(qe, w, kd, u, gamma, omega, None, meta, hs))
+    o, _, live, merge = chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, o_intra, dt)
     row("from_tokens(o)", lambda: from_tokens(o, layout, B, T))
 
     print(" backward stages")
     do_rows = torch.randn(layout.NC * 64, H, D, device=dev, dtype=dt)
-    row("chunk_inter_bwd (replay + reverse scan + per-chunk grads)",
-        lambda: chunk_inter_bwd(qe, w, kd, u, gamma, omega, None, do_rows, None, meta))
+    row("chunk_inter_bwd (replay beside the reverse scan, then per-chunk grads)",
+        lambda: chunk_inter_bwd(qe, w, kd, u, gamma, omega, None, do_rows, None, meta, live, merge))
     loc_in = [x.detach().clone().requires_grad_(True) for x in (qn, kn, v, g, beta, lam)]
     outs = chunk_local_fwd(*loc_in, scale, layout, torch.float32)
     diff = [x for x in outs if x.requires_grad]

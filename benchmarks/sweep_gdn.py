@@ -50,6 +50,9 @@ SETTINGS = {
     "scans BV=8 warps=4": (dict(_scan_blocks=blocks(8, 4)), []),
     # the sweeps' one-slot-ahead loads (on by default at K = 128 with 16-wide blocks)
     "no prefetch": (dict(PREFETCH=False), []),
+    # the backward's replay and slot-gradient scan one after the other (side by side by default)
+    "replay then scan": (dict(SIDE_BY_SIDE=False), []),
+    "side by side BV=32": (dict(_scan_blocks=blocks(32, 4)), []),
     "prefetch BV=32 too": (dict(prefetches=lambda BK, BV: BK == 128), []),
     "grads stages=1": ({}, [(GRADS, dict(num_stages=1))]),
     "grads warps=4": ({}, [(GRADS, dict(num_warps=4))]),

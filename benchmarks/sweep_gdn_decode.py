@@ -21,7 +21,7 @@ from fla_loglinear.ops.log_linear_gated_delta_rule import fused_recurrent
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from sweep_scalar import time_ms  # noqa: E402
-from test_bench_log_linear_gated_delta_rule_decode import decode_step  # noqa: E402
+from test_bench_log_linear_gated_delta_rule_decode import decode_step, reset_and_step  # noqa: E402
 
 DEFAULT = fused_recurrent._decode_blocks
 # (BV, num_warps); None: the defaults
@@ -48,18 +48,22 @@ def host_profile() -> None:
     torch.manual_seed(0)
     with torch.no_grad():
         for impl in ("fla", "ours"):
-            step = decode_step(impl)
+            reset, step = decode_step(impl)
             for _ in range(5):
+                reset()
                 step()
             torch.cuda.synchronize()
             host = []
             for _ in range(50):
+                reset()
+                torch.cuda.synchronize()
                 t = time.perf_counter()
                 step()
                 host.append(time.perf_counter() - t)
                 torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(20):
+                    reset()
                     step()
                 torch.cuda.synchronize()
             kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
@@ -68,7 +72,8 @@ def host_profile() -> None:
                   + ", ".join(f"{e.key[:50]} x{e.count // 20} {e.device_time_total / 20:.1f}" for e in kernels),
                   flush=True)
         # step is ours here, the loop's last
-        cProfile.runctx("for _ in range(200): step()", globals(), {"step": step}, "/tmp/decode.prof")
+        cProfile.runctx("for _ in range(200): reset(); step()", globals(), {"reset": reset, "step": step},
+                        "/tmp/decode.prof")
         torch.cuda.synchronize()
     pstats.Stats("/tmp/decode.prof").sort_stats("tottime").print_stats(15)
 
@@ -80,7 +85,7 @@ def phases() -> None:
 
     torch.manual_seed(0)
     with torch.no_grad():
-        ours = decode_step("ours")
+        ours = reset_and_step("ours")
         for setting in SETTINGS:
             name = "defaults" if setting is None else f"BV={setting[0]} warps={setting[1]}"
             if setting is not None:
@@ -108,10 +113,10 @@ def phases() -> None:
 def main() -> None:
     torch.manual_seed(0)
     with torch.no_grad():
-        fla = decode_step("fla")
+        fla = reset_and_step("fla")
         print(f"{'fla fused_recurrent_gated_delta_rule':<36} gpu {time_ms(fla, 50):.4f} ms  wall {wall_ms(fla):.4f} ms",
               flush=True)
-        ours = decode_step("ours")
+        ours = reset_and_step("ours")
         for setting in SETTINGS:
             name = "defaults" if setting is None else f"BV={setting[0]} warps={setting[1]}"
             if setting is not None:

@@ -122,7 +122,7 @@ def gdn_scan_launches(K: int, V: int, dtype: torch.dtype) -> list[tuple]:
     # the sweeps take 16-wide V blocks when 32-wide ones give few programs
     for BK, BV, num_warps in sorted({ci._scan_blocks(K, V, few) for few in (False, True)}):
         base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec, PREFETCH=ci.prefetches(BK, BV))
-        out += [(f"fwd STORE={store} BV={BV}", ci.chunk_inter_fwd_kernel, dict(base, HAS_H0=True, STORE=store), ptrs,
+        out += [(f"fwd STORE={store} BV={BV}", ci.chunk_inter_fwd_kernel, dict(base, HAS_H0=True, STORE=store, META=not store), ptrs,
                  num_warps, None) for store in (False, True)]
         out.append((f"bwd BV={BV}", ci.chunk_inter_bwd_kernel, dict(base, RELOAD=ci.reloads_operands(BK, dtype)), ptrs,
                     num_warps, None))

@@ -10,10 +10,11 @@ slots can be non-zero, so the work per chunk is the number of live slots (about
 ``popcount(a / 64) + 1``), not ``L``.
 
 The backward pass, like fla's for its one state, keeps only the recurrence sequential: it replays
-the forward once to store the pre-chunk slot states (no output), walks the chunks in reverse
+the forward once to store the pre-chunk slot states (no output) and walks the chunks in reverse
 carrying the slot gradients in an fp32 buffer and storing each chunk's post-chunk gradients
 (three products per live slot), then computes the gradients of every input from those two
-stores in a kernel that is parallel over chunks.  Before (results run 15) one sequential kernel
+stores in a kernel that is parallel over chunks.  The reverse scan needs no slot state, only the
+live masks and merge slots the forward recorded, so on the GPU it runs beside the replay.  Before (results run 15) one sequential kernel
 did all eight products per live slot and wrote per-V-block partial sums.
 """
 from __future__ import annotations
@@ -47,8 +48,8 @@ def chunk_inter_fwd_kernel(
     qe, w, kd, u, gam, om, oi, o, ht, hs, live_out, merge_out,
     chunk_offsets, pos_start, pos_end, NC,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE: tl.constexpr, PREC: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE: tl.constexpr, META: tl.constexpr,
+    PREC: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // HV, i_nh % HV
@@ -77,7 +78,8 @@ def chunk_inter_fwd_kernel(
         a = tl.maximum(cbase, p0)
         b = tl.minimum(cbase + C, p1)
         mm = _merge_slot(a, b, L)
-        if STORE:
+        if META:
+            # every program stores the same values; the backward's scan starts from them
             tl.store(live_out + i_c, live)
             tl.store(merge_out + i_c, mm)
 
@@ -386,45 +388,79 @@ def grads_launches(dtype: torch.dtype) -> list[dict]:
             for dq, dw, dkd in ((True, False, False), (False, True, False), (False, False, True))]
 
 
-def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra=None, out_dtype=None, store: bool = False):
-    """Runs the forward sweep; returns ``(o, ht, hs, live, merge)``.
-
-    The forward adds the slots' part of the output to the chunk-local part ``o_intra``
-    ``[NC * C, HV, V]`` (padded token rows) and returns the sum ``o`` in the same rows in ``out_dtype``.
-    ``store=True`` is the backward's replay: it records every chunk's pre-chunk slots ``hs``
-    ``[NC, HV, L, K, V]``, live-slot masks and merge slots, and computes no output.
-    """
+def _sweep(qe, w, kd, u, gam, om, h0, meta, o_intra, o, hs, live, merge):
+    """Launches the forward sweep: the output (``o``, with ``live`` / ``merge`` recorded) or, given
+    ``hs``, the replay that records the pre-chunk slots.  Returns the final slots."""
     chunk_offsets, pos_start, pos_end, N, L = meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
     BK, BV, num_warps = _sweep_blocks(K, V, N * HV, qe.device)
-    dev = qe.device
-    o = None if store else torch.empty(NC * C, HV, V, dtype=out_dtype, device=dev)
     if h0 is None:
-        ht = torch.zeros(N, HV, L, K, V, dtype=torch.float32, device=dev)
+        ht = torch.zeros(N, HV, L, K, V, dtype=torch.float32, device=qe.device)
     else:
         ht = h0.detach().to(torch.float32, copy=True).contiguous()
-    hs = torch.empty(NC, HV, L, K, V, dtype=qe.dtype, device=dev) if store else ht
-    live = torch.empty(NC, dtype=torch.int64, device=dev) if store else pos_start
-    merge = torch.empty(NC, dtype=torch.int32, device=dev) if store else pos_start
-    grid = (triton.cdiv(V, BV), N * HV)
-    chunk_inter_fwd_kernel[grid](
-        qe, w, kd, u, gam, om, ht if store else o_intra, ht if store else o, ht, hs, live, merge,
-        chunk_offsets, pos_start, pos_end, NC,
-        HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE=store, PREC=dot_precision(qe.dtype),
-        PREFETCH=prefetches(BK, BV), num_warps=num_warps,
+    store = hs is not None
+    chunk_inter_fwd_kernel[(triton.cdiv(V, BV), N * HV)](
+        qe, w, kd, u, gam, om, ht if store else o_intra, ht if store else o, ht, hs if store else ht,
+        pos_start if store else live, pos_start if store else merge, chunk_offsets, pos_start, pos_end, NC,
+        HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE=store, META=not store,
+        PREC=dot_precision(qe.dtype), PREFETCH=prefetches(BK, BV), num_warps=num_warps,
     )
-    return o, ht, hs, live, merge
+    return ht
 
 
-def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
-    """Gradients of :func:`chunk_inter` in three passes: the forward replayed to store the slots,
-    the reverse scan of the slot gradients (sequential over chunks), then the per-chunk gradients
-    of every input from both (parallel over chunks)."""
+def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype):
+    """Runs the forward sweep; returns ``(o, ht, live, merge)``: the slots' part of the output added to
+    the chunk-local part ``o_intra`` ``[NC * C, HV, V]`` (padded token rows) in ``out_dtype``, the
+    final slots, and each chunk's live-slot mask and merge slot (what the backward's scan walks)."""
+    NC, _, C, _ = qe.shape
+    o = torch.empty(NC * C, u.shape[1], u.shape[-1], dtype=out_dtype, device=qe.device)
+    live = torch.empty(NC, dtype=torch.int64, device=qe.device)
+    merge = torch.empty(NC, dtype=torch.int32, device=qe.device)
+    ht = _sweep(qe, w, kd, u, gam, om, h0, meta, o_intra, o, None, live, merge)
+    return o, ht, live, merge
+
+
+def chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs):
+    """The forward sweep again, computing no output: writes every chunk's pre-chunk slots into ``hs``
+    ``[NC, HV, L, K, V]`` (the operands' dtype; only the live slots and the merge slot are written)."""
+    _sweep(qe, w, kd, u, gam, om, h0, meta, None, None, hs, None, None)
+
+
+# switched off by the launch-settings sweep to compare (benchmarks/sweep_gdn.py)
+SIDE_BY_SIDE = True
+
+
+@functools.lru_cache(maxsize=None)
+def _side_stream(index: int) -> torch.cuda.Stream:
+    return torch.cuda.Stream(index)
+
+
+def _side_by_side(first, second, device: torch.device):
+    """Runs ``first()`` and ``second()``, two launches that neither read nor write each other's
+    outputs; on CUDA ``first`` goes to a side stream so that the two share the SMs (each sweep fills
+    about one program per SM at long sequences, where an SM has room for two)."""
+    if device.type != "cuda" or not SIDE_BY_SIDE:
+        first()
+        second()
+        return
+    main = torch.cuda.current_stream(device)
+    side = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        first()
+    second()
+    # everything the side stream touched was allocated on the main stream, which now waits for it
+    main.wait_stream(side)
+
+
+def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, live, merge):
+    """Gradients of :func:`chunk_inter` in three passes: the forward replayed to store the slots and,
+    beside it on the GPU (it needs no slot), the reverse scan of the slot gradients (both sequential
+    over chunks); then the per-chunk gradients of every input from both (parallel over chunks)."""
     chunk_offsets, pos_start, pos_end, N, L = meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
-    _, _, hs, live, merge = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, store=True)
     dev = qe.device
     do = do.contiguous()
     if dht is None:
@@ -433,13 +469,19 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta):
         dh = dht.to(torch.float32, copy=True).contiguous()
     consts = dict(HV=HV, K=K, V=V, L=L, C=C, PREC=dot_precision(qe.dtype))
     # only the slots live in a chunk and its merge slot are written, and only those are read
+    hs = torch.empty(NC, HV, L, K, V, dtype=qe.dtype, device=dev)
     dhs = torch.empty_like(hs)
     du = torch.empty_like(u)
     BK, BV, num_warps = _sweep_blocks(K, V, N * HV, dev)
-    chunk_inter_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
-        qe, w, kd, om, do, gam, live, merge, dh, dhs, du, chunk_offsets, NC, RELOAD=reloads_operands(BK, qe.dtype),
-        PREFETCH=prefetches(BK, BV), BK=BK, BV=BV, num_warps=num_warps, **consts,
-    )
+
+    def scan():
+        chunk_inter_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
+            qe, w, kd, om, do, gam, live, merge, dh, dhs, du, chunk_offsets, NC,
+            RELOAD=reloads_operands(BK, qe.dtype), PREFETCH=prefetches(BK, BV), BK=BK, BV=BV,
+            num_warps=num_warps, **consts,
+        )
+
+    _side_by_side(lambda: chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs), scan, dev)
     BK, BV, num_warps = _blocks(K, V)
     dqe, dw, dkd = torch.empty_like(qe), torch.empty_like(w), torch.empty_like(kd)
     dgam = torch.empty_like(gam)
@@ -458,18 +500,19 @@ class ChunkInterFunction(torch.autograd.Function):
     def forward(ctx, qe, w, kd, u, gam, om, o_intra, h0, meta, out_dtype):
         # an unused final state gets no gradient rather than a zero-filled one
         ctx.set_materialize_grads(False)
-        o, ht, _, _, _ = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype)
-        ctx.save_for_backward(qe, w, kd, u, gam, om, h0)
+        o, ht, live, merge = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype)
+        ctx.save_for_backward(qe, w, kd, u, gam, om, h0, live, merge)
         ctx.meta = meta
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        qe, w, kd, u, gam, om, h0 = ctx.saved_tensors
+        qe, w, kd, u, gam, om, h0, live, merge = ctx.saved_tensors
         if do is None:  # only the final state was used
             do = torch.zeros(qe.shape[0] * qe.shape[2], qe.shape[1], u.shape[-1], dtype=u.dtype, device=u.device)
         # every gradient comes back in its input's dtype (the kernels store it so)
-        dqe, dw, dkd, du, dgam, dom, dh0 = chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, ctx.meta)
+        dqe, dw, dkd, du, dgam, dom, dh0 = chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, ctx.meta,
+                                                          live, merge)
         # o = o_intra + the slots' part
         return dqe, dw, dkd, du, dgam, dom, do, dh0 if h0 is not None else None, None, None
 
