@@ -97,13 +97,13 @@ def profile(T: int) -> None:
     hs = torch.empty(layout.NC, H, L, D, D, dtype=dt, device=dev)
     row("chunk_inter_replay (the bwd's forward replay, storing slots)",
         lambda: chunk_inter_replay(qe, w, kd, u, gamma, omega, None, meta, hs))
-    o, _, live, merge = chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, o_intra, dt)
+    o, _, chunk_meta = chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, o_intra, dt)
     row("from_tokens(o)", lambda: from_tokens(o, layout, B, T))
 
     print(" backward stages")
     do_rows = torch.randn(layout.NC * 64, H, D, device=dev, dtype=dt)
-    row("chunk_inter_bwd (replay beside the reverse scan, then per-chunk grads)",
-        lambda: chunk_inter_bwd(qe, w, kd, u, gamma, omega, None, do_rows, None, meta, live, merge))
+    row("chunk_inter_bwd (replay beside the reverse scan, per-chunk grads)",
+        lambda: chunk_inter_bwd(qe, w, kd, u, gamma, omega, None, do_rows, None, meta, chunk_meta))
     loc_in = [x.detach().clone().requires_grad_(True) for x in (qn, kn, v, g, beta, lam)]
     outs = chunk_local_fwd(*loc_in, scale, layout, torch.float32)
     diff = [x for x in outs if x.requires_grad]

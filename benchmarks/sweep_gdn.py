@@ -52,6 +52,9 @@ SETTINGS = {
     "no prefetch": (dict(PREFETCH=False), []),
     # the backward's replay and slot-gradient scan one after the other (side by side by default)
     "replay then scan": (dict(SIDE_BY_SIDE=False), []),
+    # the per-chunk gradients of the later half beside the scan's second half (on where programs are few)
+    "grads after the scan": (dict(SPLIT_GRADS=False), []),
+    "grads split at every length": (dict(splits_grads=lambda NH, V, device: True), []),
     "side by side BV=32": (dict(_scan_blocks=blocks(32, 4)), []),
     "prefetch BV=32 too": (dict(prefetches=lambda BK, BV: BK == 128), []),
     "grads stages=1": ({}, [(GRADS, dict(num_stages=1))]),

@@ -116,7 +116,7 @@ def gdn_scan_launches(K: int, V: int, dtype: torch.dtype) -> list[tuple]:
     dt = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
     ptrs = {n: dt for n in ("qe", "w", "kd", "u", "hs", "dhs", "dqe", "dw", "dkd")}
     ptrs.update(chunk_offsets="i32", pos_start="i64", pos_end="i64", live_out="i64", live_in="i64",
-                merge_out="i32", merge_in="i32")
+                merge_out="i32", merge_in="i32", late_out="i8", late_in="i8")
     prec = dot_precision(dtype)
     out = []
     # the sweeps take 16-wide V blocks when 32-wide ones give few programs
@@ -124,10 +124,10 @@ def gdn_scan_launches(K: int, V: int, dtype: torch.dtype) -> list[tuple]:
         base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec, PREFETCH=ci.prefetches(BK, BV))
         out += [(f"fwd STORE={store} BV={BV}", ci.chunk_inter_fwd_kernel, dict(base, HAS_H0=True, STORE=store, META=not store), ptrs,
                  num_warps, None) for store in (False, True)]
-        out.append((f"bwd BV={BV}", ci.chunk_inter_bwd_kernel, dict(base, RELOAD=ci.reloads_operands(BK, dtype)), ptrs,
+        out.append((f"bwd BV={BV}", ci.chunk_inter_bwd_kernel, dict(base, RELOAD=ci.reloads_operands(BK, dtype), PART=1), ptrs,
                     num_warps, None))
     BK, BV, num_warps = ci._blocks(K, V)
-    base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec)
+    base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec, PART=1)
     for launch in ci.grads_launches(dtype):
         launch = dict(launch)
         stages = launch.pop("num_stages", None)

@@ -45,7 +45,7 @@ def _merge_slot(a, b, L: tl.constexpr):
 
 @triton.jit(do_not_specialize=["NC"])
 def chunk_inter_fwd_kernel(
-    qe, w, kd, u, gam, om, oi, o, ht, hs, live_out, merge_out,
+    qe, w, kd, u, gam, om, oi, o, ht, hs, live_out, merge_out, late_out,
     chunk_offsets, pos_start, pos_end, NC,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE: tl.constexpr, META: tl.constexpr,
@@ -82,6 +82,8 @@ def chunk_inter_fwd_kernel(
             # every program stores the same values; the backward's scan starts from them
             tl.store(live_out + i_c, live)
             tl.store(merge_out + i_c, mm)
+            # the later half of the sequence's chunks, which the backward's scan finishes first
+            tl.store(late_out + i_c, (j >= (c_hi - c_lo) // 2).to(tl.int8))
 
         r = (i_c * HV + i_h) * C + o_c
         t = (i_c * C + o_c) * HV + i_h  # token rows (the op's output and its gradient)
@@ -144,9 +146,12 @@ def chunk_inter_bwd_kernel(
     chunk_offsets, NC,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, RELOAD: tl.constexpr, PREFETCH: tl.constexpr,
+    PART: tl.constexpr,
 ):
     # Only what is sequential: the slot gradients, chunk by chunk in reverse (three products per
     # live slot).  Each chunk's post-chunk slot gradients go to dhs for chunk_inter_grads_kernel.
+    # PART 1 walks the later half of each sequence's chunks (the first it reaches), PART 2 the rest,
+    # PART 0 all; dh carries the slot gradients from one launch to the next.
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // HV, i_nh % HV
     c_lo = tl.load(chunk_offsets + i_n)
@@ -162,7 +167,10 @@ def chunk_inter_bwd_kernel(
     o_kv = o_k[:, None] * V + o_v[None, :]
     p_dh = dh + i_nh.to(tl.int64) * L * K * V + o_kv
 
-    for j in range(0, c_hi - c_lo):
+    n_late = (c_hi - c_lo + 1) // 2
+    j_lo = n_late if PART == 2 else 0
+    j_hi = n_late if PART == 1 else c_hi - c_lo
+    for j in range(j_lo, j_hi):
         i_c = c_hi.to(tl.int64) - 1 - j
         mm = tl.load(merge_in + i_c)
         live = tl.load(live_in + i_c)
@@ -228,11 +236,11 @@ def chunk_inter_bwd_kernel(
 
 @triton.jit
 def chunk_inter_grads_kernel(
-    qe, w, kd, u, gam, om, do, hs, dhs, live_in, merge_in,
+    qe, w, kd, u, gam, om, do, hs, dhs, live_in, merge_in, late_in,
     dqe, dw, dkd, dgam, dom,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-    DQ: tl.constexpr, DW: tl.constexpr, DKD: tl.constexpr,
+    DQ: tl.constexpr, DW: tl.constexpr, DKD: tl.constexpr, PART: tl.constexpr,
 ):
     # Everything else of the backward, one program per (chunk, head): the chunks are independent
     # once the slot states (hs, the forward replay) and their gradients (dhs) are stored, so this
@@ -240,73 +248,79 @@ def chunk_inter_grads_kernel(
     # gradients through the output (dqe, domega, dgamma); DW, DKD: through the transition.  fp32
     # tiles take one launch per group: all products at once need more shared memory than the
     # H200 has (run 17: 352 KB at K = 128); see grads_launches.
+    # PART 1 / 2: only the chunks in / not in the later half of their sequence (see the scan's PART)
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    live = tl.load(live_in + i_c)
-    mm = tl.load(merge_in + i_c)
-    o_c = tl.arange(0, C)
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    m_ck = m_k[None, :]
-    r = (i_c * HV + i_h) * C + o_c
-    t = (i_c * C + o_c) * HV + i_h  # token rows of the output gradient
-    p_ck = r[:, None] * K + o_k[None, :]
-    base = (i_c * HV + i_h) * L * K * V
-    if DQ:
-        b_eg = tl.exp(tl.load(gam + i_c * HV + i_h).to(tl.float32))
-        b_qe = tl.load(qe + p_ck, mask=m_ck, other=0.)
-        b_dqe = tl.zeros([C, BK], dtype=tl.float32)
-        b_dg = tl.zeros([], dtype=tl.float32)
-    if DW:
-        b_kd = tl.load(kd + p_ck, mask=m_ck, other=0.)
-        b_dw = tl.zeros([C, BK], dtype=tl.float32)
-    if DKD:
-        b_w = tl.load(w + p_ck, mask=m_ck, other=0.)
-        b_dkd = tl.zeros([C, BK], dtype=tl.float32)
-        for i_v in range(tl.cdiv(V, BV)):
-            o_v = i_v * BV + tl.arange(0, BV)
-            m_v = o_v < V
-            # the chunk's keys Kd^T U enter slot mm
-            b_u = tl.load(u + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)
-            b_dm = tl.load(dhs + base + mm * K * V + o_k[:, None] * V + o_v[None, :],
-                           mask=m_k[:, None] & m_v[None, :], other=0.)
-            b_dkd += tl.dot(b_u, tl.trans(b_dm.to(b_u.dtype)), input_precision=PREC)
-    for l in range(L):
-        if ((live >> l) & 1) == 1:
-            if DQ:
-                b_om = tl.load(om + r * L + l).to(tl.float32)
-                b_dom = tl.zeros([C], dtype=tl.float32)
-            # slots <= mm were merged: their gradient after the chunk is slot mm's
-            l_d = tl.where(l <= mm, mm, l)
+    if PART == 0:
+        mine = True
+    else:
+        mine = (tl.load(late_in + i_c) == 1) == (PART == 1)
+    if mine:
+        live = tl.load(live_in + i_c)
+        mm = tl.load(merge_in + i_c)
+        o_c = tl.arange(0, C)
+        o_k = tl.arange(0, BK)
+        m_k = o_k < K
+        m_ck = m_k[None, :]
+        r = (i_c * HV + i_h) * C + o_c
+        t = (i_c * C + o_c) * HV + i_h  # token rows of the output gradient
+        p_ck = r[:, None] * K + o_k[None, :]
+        base = (i_c * HV + i_h) * L * K * V
+        if DQ:
+            b_eg = tl.exp(tl.load(gam + i_c * HV + i_h).to(tl.float32))
+            b_qe = tl.load(qe + p_ck, mask=m_ck, other=0.)
+            b_dqe = tl.zeros([C, BK], dtype=tl.float32)
+            b_dg = tl.zeros([], dtype=tl.float32)
+        if DW:
+            b_kd = tl.load(kd + p_ck, mask=m_ck, other=0.)
+            b_dw = tl.zeros([C, BK], dtype=tl.float32)
+        if DKD:
+            b_w = tl.load(w + p_ck, mask=m_ck, other=0.)
+            b_dkd = tl.zeros([C, BK], dtype=tl.float32)
             for i_v in range(tl.cdiv(V, BV)):
                 o_v = i_v * BV + tl.arange(0, BV)
                 m_v = o_v < V
-                m_kv = m_k[:, None] & m_v[None, :]
-                o_kv = o_k[:, None] * V + o_v[None, :]
-                b_s = tl.load(hs + base + l * K * V + o_kv, mask=m_kv, other=0.)
-                b_d = tl.load(dhs + base + l_d * K * V + o_kv, mask=m_kv, other=0.)
-                b_sd = b_s.to(qe.dtype.element_ty)
-                b_dd = b_d.to(qe.dtype.element_ty)
+                # the chunk's keys Kd^T U enter slot mm
+                b_u = tl.load(u + r[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)
+                b_dm = tl.load(dhs + base + mm * K * V + o_k[:, None] * V + o_v[None, :],
+                               mask=m_k[:, None] & m_v[None, :], other=0.)
+                b_dkd += tl.dot(b_u, tl.trans(b_dm.to(b_u.dtype)), input_precision=PREC)
+        for l in range(L):
+            if ((live >> l) & 1) == 1:
                 if DQ:
-                    b_do = tl.load(do + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
-                    b_dqe += tl.dot((b_om[:, None] * b_do).to(b_qe.dtype), tl.trans(b_sd), input_precision=PREC)
-                    b_dom += tl.sum(tl.dot(b_qe, b_sd, input_precision=PREC) * b_do, 1)
-                    # S' = e^gamma S - Kd^T (W S)
-                    b_dg += b_eg * tl.sum(b_s.to(tl.float32) * b_d.to(tl.float32))
-                if DW:
-                    b_x = tl.dot(b_kd, b_dd, input_precision=PREC)
-                    b_dw -= tl.dot(b_x.to(b_kd.dtype), tl.trans(b_sd), input_precision=PREC)
-                if DKD:
-                    b_ws = tl.dot(b_w, b_sd, input_precision=PREC)
-                    b_dkd -= tl.dot(b_ws.to(b_w.dtype), tl.trans(b_dd), input_precision=PREC)
-            if DQ:
-                tl.store(dom + r * L + l, b_dom)
-    if DQ:
-        tl.store(dqe + p_ck, b_dqe.to(dqe.dtype.element_ty), mask=m_ck)
-        tl.store(dgam + i_c * HV + i_h, b_dg)
-    if DW:
-        tl.store(dw + p_ck, b_dw.to(dw.dtype.element_ty), mask=m_ck)
-    if DKD:
-        tl.store(dkd + p_ck, b_dkd.to(dkd.dtype.element_ty), mask=m_ck)
+                    b_om = tl.load(om + r * L + l).to(tl.float32)
+                    b_dom = tl.zeros([C], dtype=tl.float32)
+                # slots <= mm were merged: their gradient after the chunk is slot mm's
+                l_d = tl.where(l <= mm, mm, l)
+                for i_v in range(tl.cdiv(V, BV)):
+                    o_v = i_v * BV + tl.arange(0, BV)
+                    m_v = o_v < V
+                    m_kv = m_k[:, None] & m_v[None, :]
+                    o_kv = o_k[:, None] * V + o_v[None, :]
+                    b_s = tl.load(hs + base + l * K * V + o_kv, mask=m_kv, other=0.)
+                    b_d = tl.load(dhs + base + l_d * K * V + o_kv, mask=m_kv, other=0.)
+                    b_sd = b_s.to(qe.dtype.element_ty)
+                    b_dd = b_d.to(qe.dtype.element_ty)
+                    if DQ:
+                        b_do = tl.load(do + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
+                        b_dqe += tl.dot((b_om[:, None] * b_do).to(b_qe.dtype), tl.trans(b_sd), input_precision=PREC)
+                        b_dom += tl.sum(tl.dot(b_qe, b_sd, input_precision=PREC) * b_do, 1)
+                        # S' = e^gamma S - Kd^T (W S)
+                        b_dg += b_eg * tl.sum(b_s.to(tl.float32) * b_d.to(tl.float32))
+                    if DW:
+                        b_x = tl.dot(b_kd, b_dd, input_precision=PREC)
+                        b_dw -= tl.dot(b_x.to(b_kd.dtype), tl.trans(b_sd), input_precision=PREC)
+                    if DKD:
+                        b_ws = tl.dot(b_w, b_sd, input_precision=PREC)
+                        b_dkd -= tl.dot(b_ws.to(b_w.dtype), tl.trans(b_dd), input_precision=PREC)
+                if DQ:
+                    tl.store(dom + r * L + l, b_dom)
+        if DQ:
+            tl.store(dqe + p_ck, b_dqe.to(dqe.dtype.element_ty), mask=m_ck)
+            tl.store(dgam + i_c * HV + i_h, b_dg)
+        if DW:
+            tl.store(dw + p_ck, b_dw.to(dw.dtype.element_ty), mask=m_ck)
+        if DKD:
+            tl.store(dkd + p_ck, b_dkd.to(dkd.dtype.element_ty), mask=m_ck)
 
 
 def _blocks(K: int, V: int):
@@ -388,9 +402,9 @@ def grads_launches(dtype: torch.dtype) -> list[dict]:
             for dq, dw, dkd in ((True, False, False), (False, True, False), (False, False, True))]
 
 
-def _sweep(qe, w, kd, u, gam, om, h0, meta, o_intra, o, hs, live, merge):
-    """Launches the forward sweep: the output (``o``, with ``live`` / ``merge`` recorded) or, given
-    ``hs``, the replay that records the pre-chunk slots.  Returns the final slots."""
+def _sweep(qe, w, kd, u, gam, om, h0, meta, o_intra, o, hs, chunk_meta):
+    """Launches the forward sweep: the output (``o``, with ``chunk_meta`` = ``(live, merge, late)``
+    recorded) or, given ``hs``, the replay that records the pre-chunk slots.  Returns the final slots."""
     chunk_offsets, pos_start, pos_end, N, L = meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
@@ -400,9 +414,10 @@ def _sweep(qe, w, kd, u, gam, om, h0, meta, o_intra, o, hs, live, merge):
     else:
         ht = h0.detach().to(torch.float32, copy=True).contiguous()
     store = hs is not None
+    live, merge, late = (pos_start,) * 3 if store else chunk_meta
     chunk_inter_fwd_kernel[(triton.cdiv(V, BV), N * HV)](
         qe, w, kd, u, gam, om, ht if store else o_intra, ht if store else o, ht, hs if store else ht,
-        pos_start if store else live, pos_start if store else merge, chunk_offsets, pos_start, pos_end, NC,
+        live, merge, late, chunk_offsets, pos_start, pos_end, NC,
         HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE=store, META=not store,
         PREC=dot_precision(qe.dtype), PREFETCH=prefetches(BK, BV), num_warps=num_warps,
     )
@@ -410,25 +425,28 @@ def _sweep(qe, w, kd, u, gam, om, h0, meta, o_intra, o, hs, live, merge):
 
 
 def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype):
-    """Runs the forward sweep; returns ``(o, ht, live, merge)``: the slots' part of the output added to
+    """Runs the forward sweep; returns ``(o, ht, chunk_meta)``: the slots' part of the output added to
     the chunk-local part ``o_intra`` ``[NC * C, HV, V]`` (padded token rows) in ``out_dtype``, the
-    final slots, and each chunk's live-slot mask and merge slot (what the backward's scan walks)."""
+    final slots, and ``(live, merge, late)`` ``[NC]``: each chunk's live-slot mask, merge slot, and
+    whether it is in the later half of its sequence (what the backward's scan walks)."""
     NC, _, C, _ = qe.shape
-    o = torch.empty(NC * C, u.shape[1], u.shape[-1], dtype=out_dtype, device=qe.device)
-    live = torch.empty(NC, dtype=torch.int64, device=qe.device)
-    merge = torch.empty(NC, dtype=torch.int32, device=qe.device)
-    ht = _sweep(qe, w, kd, u, gam, om, h0, meta, o_intra, o, None, live, merge)
-    return o, ht, live, merge
+    dev = qe.device
+    o = torch.empty(NC * C, u.shape[1], u.shape[-1], dtype=out_dtype, device=dev)
+    chunk_meta = (torch.empty(NC, dtype=torch.int64, device=dev), torch.empty(NC, dtype=torch.int32, device=dev),
+                  torch.empty(NC, dtype=torch.int8, device=dev))
+    ht = _sweep(qe, w, kd, u, gam, om, h0, meta, o_intra, o, None, chunk_meta)
+    return o, ht, chunk_meta
 
 
 def chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs):
     """The forward sweep again, computing no output: writes every chunk's pre-chunk slots into ``hs``
     ``[NC, HV, L, K, V]`` (the operands' dtype; only the live slots and the merge slot are written)."""
-    _sweep(qe, w, kd, u, gam, om, h0, meta, None, None, hs, None, None)
+    _sweep(qe, w, kd, u, gam, om, h0, meta, None, None, hs, None)
 
 
 # switched off by the launch-settings sweep to compare (benchmarks/sweep_gdn.py)
 SIDE_BY_SIDE = True
+SPLIT_GRADS = True
 
 
 @functools.lru_cache(maxsize=None)
@@ -436,29 +454,52 @@ def _side_stream(index: int) -> torch.cuda.Stream:
     return torch.cuda.Stream(index)
 
 
-def _side_by_side(first, second, device: torch.device):
-    """Runs ``first()`` and ``second()``, two launches that neither read nor write each other's
-    outputs; on CUDA ``first`` goes to a side stream so that the two share the SMs (each sweep fills
-    about one program per SM at long sequences, where an SM has room for two)."""
-    if device.type != "cuda" or not SIDE_BY_SIDE:
-        first()
-        second()
-        return
-    main = torch.cuda.current_stream(device)
-    side = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
-    side.wait_stream(main)
-    with torch.cuda.stream(side):
-        first()
-    second()
-    # everything the side stream touched was allocated on the main stream, which now waits for it
-    main.wait_stream(side)
+class _Fork:
+    """A side CUDA stream forked from the current one, for launches that can share the SMs with the
+    current stream's; elsewhere (or with ``SIDE_BY_SIDE`` off) everything runs in program order.
+    Whatever the side stream touches must be allocated before the fork: the current stream waits for
+    the side stream at :meth:`join`, and nothing is freed before."""
+
+    def __init__(self, device: torch.device):
+        self.on = device.type == "cuda" and SIDE_BY_SIDE
+        if self.on:
+            self.main = torch.cuda.current_stream(device)
+            self.side = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
+            self.side.wait_stream(self.main)
+
+    def run_beside(self, fn, after=None):
+        """``fn()`` on the side stream, after the current stream's event ``after`` if given."""
+        if not self.on:
+            return fn()
+        with torch.cuda.stream(self.side):
+            if after is not None:
+                self.side.wait_event(after)
+            fn()
+
+    def mark(self):
+        """An event at this point of the current stream (``None`` when not forked)."""
+        return self.main.record_event() if self.on else None
+
+    def join(self):
+        if self.on:
+            self.main.wait_stream(self.side)
 
 
-def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, live, merge):
-    """Gradients of :func:`chunk_inter` in three passes: the forward replayed to store the slots and,
-    beside it on the GPU (it needs no slot), the reverse scan of the slot gradients (both sequential
-    over chunks); then the per-chunk gradients of every input from both (parallel over chunks)."""
+def splits_grads(NH: int, V: int, device: torch.device) -> bool:
+    """Whether the backward computes the per-chunk gradients of the later half of every sequence beside
+    the slot-gradient scan of the earlier half: where the sweeps have few programs (long sequences) and
+    leave room on every SM once the replay is done; and off CUDA, so that the interpreter runs it."""
+    return SPLIT_GRADS and (device.type != "cuda" or few_programs(NH, V, device))
+
+
+def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, chunk_meta):
+    """Gradients of :func:`chunk_inter`: the forward replayed to store the slots and the reverse scan
+    of the slot gradients (both sequential over chunks), then the per-chunk gradients of every input
+    from both (parallel over chunks).  The scan needs no slot state, only ``chunk_meta``, so on the GPU
+    the replay runs beside it on a side stream; with :func:`splits_grads`, the scan stops half-way and
+    the gradients of the chunks it has done run beside its second half once the replay is done."""
     chunk_offsets, pos_start, pos_end, N, L = meta
+    live, merge, late = chunk_meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
     dev = qe.device
@@ -472,25 +513,41 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, live, merge):
     hs = torch.empty(NC, HV, L, K, V, dtype=qe.dtype, device=dev)
     dhs = torch.empty_like(hs)
     du = torch.empty_like(u)
-    BK, BV, num_warps = _sweep_blocks(K, V, N * HV, dev)
-
-    def scan():
-        chunk_inter_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
-            qe, w, kd, om, do, gam, live, merge, dh, dhs, du, chunk_offsets, NC,
-            RELOAD=reloads_operands(BK, qe.dtype), PREFETCH=prefetches(BK, BV), BK=BK, BV=BV,
-            num_warps=num_warps, **consts,
-        )
-
-    _side_by_side(lambda: chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs), scan, dev)
-    BK, BV, num_warps = _blocks(K, V)
     dqe, dw, dkd = torch.empty_like(qe), torch.empty_like(w), torch.empty_like(kd)
     dgam = torch.empty_like(gam)
     dom = torch.zeros_like(om)
-    for launch in grads_launches(qe.dtype):
-        chunk_inter_grads_kernel[(NC, HV)](
-            qe, w, kd, u, gam, om, do, hs, dhs, live, merge, dqe, dw, dkd, dgam, dom,
-            BK=BK, BV=BV, num_warps=num_warps, **launch, **consts,
+    BK, BV, num_warps = _sweep_blocks(K, V, N * HV, dev)
+    gBK, gBV, g_warps = _blocks(K, V)
+
+    def scan(part):
+        chunk_inter_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
+            qe, w, kd, om, do, gam, live, merge, dh, dhs, du, chunk_offsets, NC,
+            RELOAD=reloads_operands(BK, qe.dtype), PREFETCH=prefetches(BK, BV), BK=BK, BV=BV, PART=part,
+            num_warps=num_warps, **consts,
         )
+
+    def grads(part):
+        for launch in grads_launches(qe.dtype):
+            chunk_inter_grads_kernel[(NC, HV)](
+                qe, w, kd, u, gam, om, do, hs, dhs, live, merge, late, dqe, dw, dkd, dgam, dom,
+                BK=gBK, BV=gBV, num_warps=g_warps, PART=part, **launch, **consts,
+            )
+
+    fork = _Fork(dev)
+    fork.run_beside(lambda: chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs))
+    if splits_grads(N * HV, V, dev):
+        scan(1)
+        later_half_done = fork.mark()
+        # in program order (off CUDA) this runs before the scan's second half, the earliest the side
+        # stream can, so the interpreter tests catch a chunk read before its slot gradients are final
+        fork.run_beside(lambda: grads(1), after=later_half_done)
+        scan(2)
+        fork.join()
+        grads(2)
+    else:
+        scan(0)
+        fork.join()
+        grads(0)
     return dqe, dw, dkd, du, dgam, dom, dh
 
 
@@ -500,19 +557,19 @@ class ChunkInterFunction(torch.autograd.Function):
     def forward(ctx, qe, w, kd, u, gam, om, o_intra, h0, meta, out_dtype):
         # an unused final state gets no gradient rather than a zero-filled one
         ctx.set_materialize_grads(False)
-        o, ht, live, merge = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype)
-        ctx.save_for_backward(qe, w, kd, u, gam, om, h0, live, merge)
+        o, ht, chunk_meta = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype)
+        ctx.save_for_backward(qe, w, kd, u, gam, om, h0, *chunk_meta)
         ctx.meta = meta
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        qe, w, kd, u, gam, om, h0, live, merge = ctx.saved_tensors
+        qe, w, kd, u, gam, om, h0, *chunk_meta = ctx.saved_tensors
         if do is None:  # only the final state was used
             do = torch.zeros(qe.shape[0] * qe.shape[2], qe.shape[1], u.shape[-1], dtype=u.dtype, device=u.device)
         # every gradient comes back in its input's dtype (the kernels store it so)
         dqe, dw, dkd, du, dgam, dom, dh0 = chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, ctx.meta,
-                                                          live, merge)
+                                                          chunk_meta)
         # o = o_intra + the slots' part
         return dqe, dw, dkd, du, dgam, dom, do, dh0 if h0 is not None else None, None, None
 
