@@ -55,6 +55,7 @@ SETTINGS = {
     # the per-chunk gradients of the later half beside the scan's second half (on where programs are few)
     "grads after the scan": (dict(SPLIT_GRADS=False), []),
     "grads split at every length": (dict(splits_grads=lambda NH, V, device: True), []),
+    "side by side at every length": (dict(sweeps_share_sms=lambda programs, device: device.type == "cuda"), []),
     "side by side BV=32": (dict(_scan_blocks=blocks(32, 4)), []),
     "prefetch BV=32 too": (dict(prefetches=lambda BK, BV: BK == 128), []),
     "grads stages=1": ({}, [(GRADS, dict(num_stages=1))]),

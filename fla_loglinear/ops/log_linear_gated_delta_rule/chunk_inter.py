@@ -14,7 +14,8 @@ the forward once to store the pre-chunk slot states (no output) and walks the ch
 carrying the slot gradients in an fp32 buffer and storing each chunk's post-chunk gradients
 (three products per live slot), then computes the gradients of every input from those two
 stores in a kernel that is parallel over chunks.  The reverse scan needs no slot state, only the
-live masks and merge slots the forward recorded, so on the GPU it runs beside the replay.  Before (results run 15) one sequential kernel
+live masks and merge slots the forward recorded, so on the GPU it runs beside the replay where the
+sweeps have at most one program per SM.  Before (results run 15) one sequential kernel
 did all eight products per live slot and wrote per-V-block partial sums.
 """
 from __future__ import annotations
@@ -460,8 +461,8 @@ class _Fork:
     Whatever the side stream touches must be allocated before the fork: the current stream waits for
     the side stream at :meth:`join`, and nothing is freed before."""
 
-    def __init__(self, device: torch.device):
-        self.on = device.type == "cuda" and SIDE_BY_SIDE
+    def __init__(self, device: torch.device, on: bool):
+        self.on = on and device.type == "cuda" and SIDE_BY_SIDE
         if self.on:
             self.main = torch.cuda.current_stream(device)
             self.side = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
@@ -485,6 +486,16 @@ class _Fork:
             self.main.wait_stream(self.side)
 
 
+def sweeps_share_sms(programs: int, device: torch.device) -> bool:
+    """Whether the backward's replay and slot-gradient scan (``programs`` each) run side by side: where
+    each has at most one program per SM.  Results run 38 (fwd+bwd, bf16, K = V = 128): with 128 programs
+    side by side is faster (13.19 vs 14.06 ms at 16K, 17.85 vs 20.16 at 32K, 37.71 vs 42.67 at 64K); with
+    256 (8K, two per SM already) one after the other is (11.33 vs 12.06 ms)."""
+    if device.type != "cuda":
+        return False
+    return programs <= _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def splits_grads(NH: int, V: int, device: torch.device) -> bool:
     """Whether the backward computes the per-chunk gradients of the later half of every sequence beside
     the slot-gradient scan of the earlier half: where the sweeps have few programs (long sequences) and
@@ -496,8 +507,9 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, chunk_meta):
     """Gradients of :func:`chunk_inter`: the forward replayed to store the slots and the reverse scan
     of the slot gradients (both sequential over chunks), then the per-chunk gradients of every input
     from both (parallel over chunks).  The scan needs no slot state, only ``chunk_meta``, so on the GPU
-    the replay runs beside it on a side stream; with :func:`splits_grads`, the scan stops half-way and
-    the gradients of the chunks it has done run beside its second half once the replay is done."""
+    the replay runs beside it on a side stream (:func:`sweeps_share_sms`); with :func:`splits_grads`, the
+    scan stops half-way and the gradients of the chunks it has done run beside its second half once the
+    replay is done."""
     chunk_offsets, pos_start, pos_end, N, L = meta
     live, merge, late = chunk_meta
     NC, HV, C, K = qe.shape
@@ -533,9 +545,9 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, chunk_meta):
                 BK=gBK, BV=gBV, num_warps=g_warps, PART=part, **launch, **consts,
             )
 
-    fork = _Fork(dev)
+    fork = _Fork(dev, sweeps_share_sms(N * HV * triton.cdiv(V, BV), dev))
     fork.run_beside(lambda: chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs))
-    if splits_grads(N * HV, V, dev):
+    if splits_grads(N * HV, V, dev) and (fork.on or dev.type != "cuda"):
         scan(1)
         later_half_done = fork.mark()
         # in program order (off CUDA) this runs before the scan's second half, the earliest the side
