@@ -54,7 +54,8 @@ SETTINGS = {
     "replay then scan": (dict(SIDE_BY_SIDE=False), []),
     # the per-chunk gradients of the later half beside the scan's second half (on where programs are few)
     "grads after the scan": (dict(SPLIT_GRADS=False), []),
-    "grads split at every length": (dict(splits_grads=lambda NH, V, device: True), []),
+    "grads split at every length": (dict(splits_grads=lambda NH, V, device, beside: beside or device.type != "cuda"),
+                                    []),
     "side by side at every length": (dict(sweeps_share_sms=lambda programs, device: device.type == "cuda"), []),
     "side by side BV=32": (dict(_scan_blocks=blocks(32, 4)), []),
     "prefetch BV=32 too": (dict(prefetches=lambda BK, BV: BK == 128), []),

@@ -365,8 +365,11 @@ def few_programs(NH: int, V: int, device: torch.device) -> bool:
     with 128 (16K: 16.7 vs 16.4 ms) and slower with 256 (8K: 16.4 vs 13.6 ms) and 512 (4K)."""
     if device.type != "cuda":
         return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return 2 * NH * triton.cdiv(V, 32) <= _sm_count(index)
+    return 2 * NH * triton.cdiv(V, 32) <= _sm_count(_device_index(device))
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 @functools.lru_cache(maxsize=None)
@@ -465,7 +468,7 @@ class _Fork:
         self.on = on and device.type == "cuda" and SIDE_BY_SIDE
         if self.on:
             self.main = torch.cuda.current_stream(device)
-            self.side = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
+            self.side = _side_stream(_device_index(device))
             self.side.wait_stream(self.main)
 
     def run_beside(self, fn, after=None):
@@ -493,14 +496,15 @@ def sweeps_share_sms(programs: int, device: torch.device) -> bool:
     256 (8K, two per SM already) one after the other is (11.33 vs 12.06 ms)."""
     if device.type != "cuda":
         return False
-    return programs <= _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return programs <= _sm_count(_device_index(device))
 
 
-def splits_grads(NH: int, V: int, device: torch.device) -> bool:
+def splits_grads(NH: int, V: int, device: torch.device, beside: bool) -> bool:
     """Whether the backward computes the per-chunk gradients of the later half of every sequence beside
-    the slot-gradient scan of the earlier half: where the sweeps have few programs (long sequences) and
-    leave room on every SM once the replay is done; and off CUDA, so that the interpreter runs it."""
-    return SPLIT_GRADS and (device.type != "cuda" or few_programs(NH, V, device))
+    the slot-gradient scan of the earlier half: where the replay runs beside the scan (``beside``, the
+    side stream exists) and the sweeps have few programs (long sequences), leaving room on every SM once
+    the replay is done; and off CUDA, so that the interpreter runs it."""
+    return SPLIT_GRADS and (device.type != "cuda" or (beside and few_programs(NH, V, device)))
 
 
 def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, chunk_meta):
@@ -547,7 +551,7 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, chunk_meta):
 
     fork = _Fork(dev, sweeps_share_sms(N * HV * triton.cdiv(V, BV), dev))
     fork.run_beside(lambda: chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs))
-    if splits_grads(N * HV, V, dev) and (fork.on or dev.type != "cuda"):
+    if splits_grads(N * HV, V, dev, fork.on):
         scan(1)
         later_half_done = fork.mark()
         # in program order (off CUDA) this runs before the scan's second half, the earliest the side
