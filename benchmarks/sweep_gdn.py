@@ -56,9 +56,21 @@ SETTINGS = {
     "grads after the scan": (dict(SPLIT_GRADS=False), []),
     "grads split at every length": (dict(splits_grads=lambda NH, V, device, beside: beside or device.type != "cuda"),
                                     []),
+    # the forward sweep in one piece where programs are few (in segments by default there)
+    "no segmented forward": (dict(SEGMENTED=False), []),
+    # the sequential chain beside the side stream on the current stream, not on one of the highest priority
+    "no lead priority": (dict(LEAD_PRIORITY=False), []),
+    "segments of 8 chunks": (dict(SEGMENT_CHUNKS=8), []),
+    "segments of 12 chunks": (dict(SEGMENT_CHUNKS=12), []),
+    "segments of 16 chunks": (dict(SEGMENT_CHUNKS=16), []),
+    "segments of 24 chunks": (dict(SEGMENT_CHUNKS=24), []),
+    "segments of 32 chunks": (dict(SEGMENT_CHUNKS=32), []),
+    "segments of 64 chunks": (dict(SEGMENT_CHUNKS=64), []),
     "side by side at every length": (dict(sweeps_share_sms=lambda programs, device: device.type == "cuda"), []),
     "side by side BV=32": (dict(_scan_blocks=blocks(32, 4)), []),
     "prefetch BV=32 too": (dict(prefetches=lambda BK, BV: BK == 128), []),
+    "grads BV=64": (dict(GRADS_BV=64), []),
+    "grads BV=128": (dict(GRADS_BV=128), []),
     "grads stages=1": ({}, [(GRADS, dict(num_stages=1))]),
     "grads warps=4": ({}, [(GRADS, dict(num_warps=4))]),
     # the chunk-local kernels; the backward is the largest kernel at 4K (run 20), on 4 warps since run 23

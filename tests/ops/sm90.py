@@ -101,7 +101,7 @@ def hopper_mma_widths() -> dict:
             out[f"fused {'bwd' if bwd else 'fwd'} K={K} V={V}"] = widths(fn, consts, scalars, {"a_off": "i32"},
                                                                          cf.BWD_NUM_WARPS if bwd else cf.NUM_WARPS)
         for name, fn, consts, ptrs, num_warps, stages in gdn_scan_launches(K, V, torch.float32):
-            out[f"scan {name} K={K} V={V}"] = widths(fn, consts, {"NC": "i32"}, ptrs, num_warps, stages)
+            out[f"scan {name} K={K} V={V}"] = widths(fn, consts, {"NC": "i32", "seg_lo": "i32", "seg_hi": "i32", "S": "i32"}, ptrs, num_warps, stages)
     return out
 
 
@@ -116,18 +116,24 @@ def gdn_scan_launches(K: int, V: int, dtype: torch.dtype) -> list[tuple]:
     dt = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
     ptrs = {n: dt for n in ("qe", "w", "kd", "u", "hs", "dhs", "dqe", "dw", "dkd")}
     ptrs.update(chunk_offsets="i32", pos_start="i64", pos_end="i64", live_out="i64", live_in="i64",
-                merge_out="i32", merge_in="i32", late_out="i8", late_in="i8")
+                merge_out="i32", merge_in="i32", late_out="i8", late_in="i8", carry="i64")
     prec = dot_precision(dtype)
     out = []
     # the sweeps take 16-wide V blocks when 32-wide ones give few programs
     for BK, BV, num_warps in sorted({ci._scan_blocks(K, V, few) for few in (False, True)}):
         base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec, PREFETCH=ci.prefetches(BK, BV))
-        out += [(f"fwd STORE={store} BV={BV}", ci.chunk_inter_fwd_kernel, dict(base, HAS_H0=True, STORE=store, META=not store), ptrs,
-                 num_warps, None) for store in (False, True)]
+        out += [(f"fwd STORE={store} BV={BV}", ci.chunk_inter_fwd_kernel,
+                 dict(base, HAS_H0=True, STORE=store, META=not store, SEG=False), ptrs, num_warps, None)
+                for store in (False, True)]
+        out.append((f"fwd segment BV={BV}", ci.chunk_inter_fwd_kernel,
+                    dict(base, HAS_H0=True, STORE=True, META=True, SEG=True), ptrs, num_warps, None))
         out.append((f"bwd BV={BV}", ci.chunk_inter_bwd_kernel, dict(base, RELOAD=ci.reloads_operands(BK, dtype), PART=1), ptrs,
                     num_warps, None))
     BK, BV, num_warps = ci._blocks(K, V)
     base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec, PART=1)
+    out.append(("segment output", ci.chunk_inter_out_kernel, base, ptrs, num_warps, None))
+    BK, BV, num_warps = ci._grads_blocks(K, V, dtype)
+    base = dict(base, BK=BK, BV=BV)
     for launch in ci.grads_launches(dtype):
         launch = dict(launch)
         stages = launch.pop("num_stages", None)
@@ -148,14 +154,14 @@ def gdn_scan_shared() -> dict:
         for K in (16, 32, 64, 128, 256):
             for name, fn, consts, ptrs, num_warps, stages in gdn_scan_launches(K, K, dtype):
                 md = {}
-                lower(fn, consts, {"NC": "i32"}, ptrs, num_warps, "llir", stages, md)
+                lower(fn, consts, {"NC": "i32", "seg_lo": "i32", "seg_hi": "i32", "S": "i32"}, ptrs, num_warps, "llir", stages, md)
                 out[f"{dtype} K={K} {name}"] = md["shared"]
     return out
 
 
 def gdn_scan_resources() -> dict:
     """``{launch: ptxas resources}`` of the GDN slot-scan kernels at the benchmark shape (bf16, K = V = 128)."""
-    return {name: ptx_resources(lower(fn, consts, {"NC": "i32"}, ptrs, num_warps, "ptx", stages))
+    return {name: ptx_resources(lower(fn, consts, {"NC": "i32", "seg_lo": "i32", "seg_hi": "i32", "S": "i32"}, ptrs, num_warps, "ptx", stages))
             for name, fn, consts, ptrs, num_warps, stages in gdn_scan_launches(128, 128, torch.bfloat16)}
 
 

@@ -130,6 +130,22 @@ def test_slot_scan_prefetching(monkeypatch, start):
     assert_chunk_matches_recurrent(xs, h0, cu)
 
 
+@pytest.mark.parametrize("start", [None, [5, 64, 300]])
+def test_segmented_forward(monkeypatch, start):
+    """The forward sweep in segments of 3 chunks (on the GPU with few sweep programs), each segment's
+    output computed from its stored slots after it: varlen sequences of 10, 2 and 1 chunks, so
+    segments end inside, at and past a sequence's last chunk."""
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter
+
+    monkeypatch.setattr(chunk_inter, "segments_forward", lambda NH, V, device: True)
+    monkeypatch.setattr(chunk_inter, "SEGMENT_CHUNKS", 3)
+    B, T, H, HV, K, V, L = 1, 760, 1, 2, 32, 16, 10
+    xs = make_inputs(B, T, H, HV, K, V, L, seed=24, slow=True)
+    cu = torch.tensor([0, 610, 700, 760])
+    h0 = None if start is None else random_state(3, HV, L, K, V, start)
+    assert_chunk_matches_recurrent(xs, h0, cu)
+
+
 def test_chunk_matches_quadratic():
     q, k, v, g, beta, lam = make_inputs(2, 150, 1, 1, 32, 16, 8, seed=3)
     o, _ = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, scale=0.3, _force_triton=True)
@@ -456,9 +472,9 @@ def test_local_switch_env_var():
 # Triton GPU IR for sm_90 at the block sizes the CUDA path picks and their MMA layouts are read.
 def test_no_narrow_tf32_wgmma_on_hopper():
     got = run_uninterpreted("hopper-mma-widths")
-    # fused fwd / bwd; scan fwd, replay, bwd, grads in three fp32 launches; at K = 128 the scans
-    # also at their 16-wide V blocks
-    assert len(got) == 8 * len(MMA_HEAD_DIMS) + 3 * sum(K == 128 for K, _ in MMA_HEAD_DIMS)
+    # fused fwd / bwd; scan fwd, replay, segment, bwd, the segment output, grads in three fp32
+    # launches; at K = 128 the scans also at their 16-wide V blocks
+    assert len(got) == 10 * len(MMA_HEAD_DIMS) + 4 * sum(K == 128 for K, _ in MMA_HEAD_DIMS)
     narrow = {name: w for name, w in got.items() if min(w) < 16}
     assert not narrow, f"8-column fp32 (TF32) wgmma in {narrow}"
 
@@ -469,9 +485,9 @@ def test_slot_scan_launches_fit_hopper_shared_memory():
     from tests.ops.sm90 import H200_SHARED_BYTES
 
     got = run_uninterpreted("gdn-scan-shared")
-    # 3 dtypes x 5 head dims x (fwd, replay, bwd scan) + grads launches: 1 for 16-bit, 3 for fp32;
-    # the scans at K = 128 also at their 16-wide V blocks
-    assert len(got) == 5 * (3 * 3 + 1 + 1 + 3) + 3 * 3
+    # 3 dtypes x 5 head dims x (fwd, replay, segment, bwd scan, segment output) + grads launches: 1
+    # for 16-bit, 3 for fp32; the scans at K = 128 also at their 16-wide V blocks
+    assert len(got) == 5 * (3 * 5 + 1 + 1 + 3) + 3 * 4
     over = {name: b for name, b in got.items() if b > H200_SHARED_BYTES}
     assert not over, f"over the H200's {H200_SHARED_BYTES} bytes of shared memory: {over}"
 

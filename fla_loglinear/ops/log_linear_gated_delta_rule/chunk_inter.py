@@ -15,11 +15,14 @@ carrying the slot gradients in an fp32 buffer and storing each chunk's post-chun
 (three products per live slot), then computes the gradients of every input from those two
 stores in a kernel that is parallel over chunks.  The reverse scan needs no slot state, only the
 live masks and merge slots the forward recorded, so on the GPU it runs beside the replay where the
-sweeps have at most one program per SM.  Before (results run 15) one sequential kernel
+sweeps have at most one program per SM.  With few programs the forward, too, can run in segments
+(:func:`segments_forward`): each segment's sweep stores its slots, and a parallel kernel computes that
+segment's output from them beside the next segment's sweep.  Before (results run 15) one sequential kernel
 did all eight products per live slot and wrote per-V-block partial sums.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -44,14 +47,17 @@ def _merge_slot(a, b, L: tl.constexpr):
     return tl.minimum(m, L - 1)
 
 
-@triton.jit(do_not_specialize=["NC"])
+@triton.jit(do_not_specialize=["NC", "seg_lo", "seg_hi"])
 def chunk_inter_fwd_kernel(
     qe, w, kd, u, gam, om, oi, o, ht, hs, live_out, merge_out, late_out,
-    chunk_offsets, pos_start, pos_end, NC,
+    chunk_offsets, pos_start, pos_end, NC, seg_lo, seg_hi, carry,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE: tl.constexpr, META: tl.constexpr,
-    PREC: tl.constexpr, PREFETCH: tl.constexpr,
+    PREC: tl.constexpr, PREFETCH: tl.constexpr, SEG: tl.constexpr,
 ):
+    # SEG: one segment of the sweep, chunks seg_lo <= j < seg_hi of each sequence, with STORE writing
+    # the segment's slots to hs [N, seg_hi - seg_lo, HV, L, K, V]; the slots stay in ht and the live
+    # mask in carry (one per program) from one segment's launch to the next.
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // HV, i_nh % HV
     c_lo = tl.load(chunk_offsets + i_n)
@@ -69,11 +75,20 @@ def chunk_inter_fwd_kernel(
     m_kv = m_k[:, None] & m_v[None, :]
     p_h = ht + i_nh.to(tl.int64) * L * K * V + o_k[:, None] * V + o_v[None, :]
 
+    n = c_hi - c_lo
     if HAS_H0:
         live = tl.full([], (1 << L) - 1, tl.int64)
     else:
         live = tl.full([], 0, tl.int64)
-    for j in range(0, c_hi - c_lo):
+    j0 = 0
+    j1 = n
+    if SEG:
+        i_p = i_nh.to(tl.int64) * tl.num_programs(0) + i_v
+        j0 = seg_lo
+        j1 = tl.minimum(seg_hi, n)
+        if seg_lo > 0:
+            live = tl.load(carry + i_p)
+    for j in range(j0, j1):
         i_c = c_lo.to(tl.int64) + j
         cbase = base0 + j * C
         a = tl.maximum(cbase, p0)
@@ -114,7 +129,10 @@ def chunk_inter_fwd_kernel(
                 else:
                     b_s = tl.where(is_live, tl.load(p_h + l * K * V, mask=m_kv, other=0.), 0.)
                 if STORE:
-                    p_hs = hs + ((i_c * HV + i_h) * L + l) * K * V
+                    if SEG:
+                        p_hs = hs + (((i_n * (seg_hi - seg_lo) + j - seg_lo).to(tl.int64) * HV + i_h) * L + l) * K * V
+                    else:
+                        p_hs = hs + ((i_c * HV + i_h) * L + l) * K * V
                     tl.store(p_hs + o_k[:, None] * V + o_v[None, :], b_s.to(hs.dtype.element_ty), mask=m_kv)
                 b_sd = b_s.to(b_qe.dtype)
                 if not STORE:  # the backward's replay needs the slots, not the output
@@ -135,10 +153,52 @@ def chunk_inter_fwd_kernel(
         live = (live & ~((tl.full([], 2, tl.int64) << mm) - 1)) | (tl.full([], 1, tl.int64) << mm)
         # the next chunk reads slots other threads of this program just wrote
         tl.debug_barrier()
-    # slots merged away were never cleared; the returned state must hold zeros there
-    for l in range(L):
-        if ((live >> l) & 1) == 0:
-            tl.store(p_h + l * K * V, tl.zeros([BK, BV], dtype=tl.float32), mask=m_kv)
+    last = True
+    if SEG:
+        tl.store(carry + i_p, live)
+        last = (seg_lo < n) & (seg_hi >= n)
+    if last:
+        # slots merged away were never cleared; the returned state must hold zeros there
+        for l in range(L):
+            if ((live >> l) & 1) == 0:
+                tl.store(p_h + l * K * V, tl.zeros([BK, BV], dtype=tl.float32), mask=m_kv)
+
+
+@triton.jit(do_not_specialize=["seg_lo", "S"])
+def chunk_inter_out_kernel(
+    qe, om, oi, o, hs, live_in, chunk_offsets, seg_lo, S,
+    HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    # The output of one segment's chunks from the slots its sweep stored (chunk_inter_fwd_kernel with
+    # SEG and STORE): o = o_intra + sum over live slots of omega_l (Qeff S_l), one program per (chunk
+    # of the segment, sequence x head), the V loop inside.  It runs beside the next segment's sweep.
+    i_s, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // HV, i_nh % HV
+    c_lo = tl.load(chunk_offsets + i_n)
+    c_hi = tl.load(chunk_offsets + i_n + 1)
+    j = seg_lo + i_s
+    if j < c_hi - c_lo:
+        i_c = c_lo.to(tl.int64) + j
+        live = tl.load(live_in + i_c)
+        o_c = tl.arange(0, C)
+        o_k = tl.arange(0, BK)
+        m_k = o_k < K
+        r = (i_c * HV + i_h) * C + o_c
+        t = (i_c * C + o_c) * HV + i_h
+        b_qe = tl.load(qe + r[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)
+        base = ((i_n * S + i_s).to(tl.int64) * HV + i_h) * L * K * V
+        for i_v in range(tl.cdiv(V, BV)):
+            o_v = i_v * BV + tl.arange(0, BV)
+            m_v = o_v < V
+            b_o = tl.load(oi + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
+            for l in range(L):
+                if ((live >> l) & 1) == 1:
+                    b_s = tl.load(hs + base + l * K * V + o_k[:, None] * V + o_v[None, :],
+                                  mask=m_k[:, None] & m_v[None, :], other=0.)
+                    b_om = tl.load(om + r * L + l).to(tl.float32)
+                    b_o += b_om[:, None] * tl.dot(b_qe, b_s.to(b_qe.dtype), input_precision=PREC)
+            tl.store(o + t[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_v[None, :])
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -340,6 +400,21 @@ def _blocks(K: int, V: int):
     return BK, BV, num_warps
 
 
+# V block width of the per-chunk gradient kernel with 16-bit tiles at K = 128 (None: :func:`_blocks`').
+# Results run 43 (bf16 fwd+bwd at 64K, mean of 3-4 passes): 35.25 ms at 64 against 36.37 at 32 and
+# 37.82 at 128; shared memory 115 KB at 64 (tests/ops/sm90.py).
+GRADS_BV = 64
+
+
+def _grads_blocks(K: int, V: int, dtype: torch.dtype):
+    """``(BK, BV, num_warps)`` of :func:`chunk_inter_grads_kernel`: :func:`_blocks`, with ``GRADS_BV``-wide
+    V blocks for 16-bit tiles at K = 128 (fp32 takes three launches at 32 already, for shared memory)."""
+    BK, BV, num_warps = _blocks(K, V)
+    if GRADS_BV and BK == 128 and dtype in (torch.bfloat16, torch.float16) and not _INTERPRET:
+        BV = max(BV, min(GRADS_BV, triton.next_power_of_2(V)))
+    return BK, BV, num_warps
+
+
 def _scan_blocks(K: int, V: int, few: bool):
     """``(BK, BV, num_warps)`` of the sequential sweeps (forward, replay, slot-gradient scan), one
     program per (sequence, value head, V block).  Results run 19 (bf16, K = V = 128, fwd+bwd): one
@@ -406,26 +481,32 @@ def grads_launches(dtype: torch.dtype) -> list[dict]:
             for dq, dw, dkd in ((True, False, False), (False, True, False), (False, False, True))]
 
 
-def _sweep(qe, w, kd, u, gam, om, h0, meta, o_intra, o, hs, chunk_meta):
-    """Launches the forward sweep: the output (``o``, with ``chunk_meta`` = ``(live, merge, late)``
-    recorded) or, given ``hs``, the replay that records the pre-chunk slots.  Returns the final slots."""
+def _initial_slots(h0, meta, qe, u):
+    """The fp32 slots ``[N, HV, L, K, V]`` the forward sweep starts from and carries in place."""
+    if h0 is not None:
+        return h0.detach().to(torch.float32, copy=True).contiguous()
+    N, L = meta[3], meta[4]
+    return torch.zeros(N, qe.shape[1], L, qe.shape[-1], u.shape[-1], dtype=torch.float32, device=qe.device)
+
+
+def _launch_sweep(qe, w, kd, u, gam, om, has_h0, meta, ht, o_intra=None, o=None, hs=None, chunk_meta=None,
+                  seg=None):
+    """Launches the forward sweep over the slots ``ht``: the output ``o`` (given ``o_intra``), or with
+    ``hs`` the slots before every chunk; ``chunk_meta`` = ``(live, merge, late)`` recorded if given;
+    ``seg = (seg_lo, seg_hi, carry)``: one segment of it, ``hs`` then the segment's buffer."""
     chunk_offsets, pos_start, pos_end, N, L = meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
     BK, BV, num_warps = _sweep_blocks(K, V, N * HV, qe.device)
-    if h0 is None:
-        ht = torch.zeros(N, HV, L, K, V, dtype=torch.float32, device=qe.device)
-    else:
-        ht = h0.detach().to(torch.float32, copy=True).contiguous()
     store = hs is not None
-    live, merge, late = (pos_start,) * 3 if store else chunk_meta
+    live, merge, late = (pos_start,) * 3 if chunk_meta is None else chunk_meta
+    seg_lo, seg_hi, carry = (0, 0, pos_start) if seg is None else seg
     chunk_inter_fwd_kernel[(triton.cdiv(V, BV), N * HV)](
         qe, w, kd, u, gam, om, ht if store else o_intra, ht if store else o, ht, hs if store else ht,
-        live, merge, late, chunk_offsets, pos_start, pos_end, NC,
-        HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, STORE=store, META=not store,
-        PREC=dot_precision(qe.dtype), PREFETCH=prefetches(BK, BV), num_warps=num_warps,
+        live, merge, late, chunk_offsets, pos_start, pos_end, NC, seg_lo, seg_hi, carry,
+        HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, HAS_H0=has_h0, STORE=store, META=chunk_meta is not None,
+        PREC=dot_precision(qe.dtype), PREFETCH=prefetches(BK, BV), SEG=seg is not None, num_warps=num_warps,
     )
-    return ht
 
 
 def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype):
@@ -433,29 +514,90 @@ def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype):
     the chunk-local part ``o_intra`` ``[NC * C, HV, V]`` (padded token rows) in ``out_dtype``, the
     final slots, and ``(live, merge, late)`` ``[NC]``: each chunk's live-slot mask, merge slot, and
     whether it is in the later half of its sequence (what the backward's scan walks)."""
-    NC, _, C, _ = qe.shape
+    NC, HV, C, K = qe.shape
+    V = u.shape[-1]
     dev = qe.device
-    o = torch.empty(NC * C, u.shape[1], u.shape[-1], dtype=out_dtype, device=dev)
+    o = torch.empty(NC * C, HV, V, dtype=out_dtype, device=dev)
     chunk_meta = (torch.empty(NC, dtype=torch.int64, device=dev), torch.empty(NC, dtype=torch.int32, device=dev),
                   torch.empty(NC, dtype=torch.int8, device=dev))
-    ht = _sweep(qe, w, kd, u, gam, om, h0, meta, o_intra, o, None, chunk_meta)
+    ht = _initial_slots(h0, meta, qe, u)
+    if segments_forward(meta[3] * HV, V, dev):
+        _segmented_fwd(qe, w, kd, u, gam, om, h0 is not None, meta, ht, o_intra, o, chunk_meta)
+    else:
+        _launch_sweep(qe, w, kd, u, gam, om, h0 is not None, meta, ht, o_intra, o, chunk_meta=chunk_meta)
     return o, ht, chunk_meta
 
 
 def chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs):
     """The forward sweep again, computing no output: writes every chunk's pre-chunk slots into ``hs``
     ``[NC, HV, L, K, V]`` (the operands' dtype; only the live slots and the merge slot are written)."""
-    _sweep(qe, w, kd, u, gam, om, h0, meta, None, None, hs, None)
+    _launch_sweep(qe, w, kd, u, gam, om, h0 is not None, meta, _initial_slots(h0, meta, qe, u), hs=hs)
+
+
+# chunks per sequence in one segment of the segmented forward (two segment buffers of
+# N * SEGMENT_CHUNKS * HV * L * K * V in the operands' dtype: 428 MB at 64K tokens, 16 heads of 128 x 128).
+# Results run 42 (bf16 fwd+bwd at 64K, mean of two passes): 36.63 ms at 24 chunks, 37.00-37.16 at 16,
+# 32 and 64, 37.75 at 12, 38.32 at 8; 38.17 without segments.
+SEGMENT_CHUNKS = 24
+SEGMENTED = True
+
+
+def segments_forward(NH: int, V: int, device: torch.device) -> bool:
+    """Whether the forward sweep runs in segments that store their slots, each segment's output then
+    computed by a parallel kernel beside the next segment's sweep: where the sweeps have few programs
+    (one per SM at most), so the output's products leave the sequential chain.  The forward sweep is
+    the one phase alone on the GPU there; results run 42: 1.5 ms less fwd+bwd at 64K (bf16, 16 heads)."""
+    return SEGMENTED and few_programs(NH, V, device)
+
+
+def _segmented_fwd(qe, w, kd, u, gam, om, has_h0, meta, ht, o_intra, o, chunk_meta):
+    chunk_offsets, N = meta[0], meta[3]
+    NC, HV, C, K = qe.shape
+    V = u.shape[-1]
+    L = meta[4]
+    dev = qe.device
+    S = min(SEGMENT_CHUNKS, NC)
+    n_seg = triton.cdiv(NC, S)
+    _, BV, _ = _sweep_blocks(K, V, N * HV, dev)
+    carry = torch.empty(N * HV * triton.cdiv(V, BV), dtype=torch.int64, device=dev)
+    bufs = [torch.empty(N * S, HV, L, K, V, dtype=qe.dtype, device=dev) for _ in range(min(2, n_seg))]
+    oBK, oBV, o_warps = _blocks(K, V)
+    fork = _Fork(dev, True)
+    read = [None, None]
+    with fork.chain():
+        for i in range(n_seg):
+            buf = bufs[i % 2]
+            # the segment two back must have been read out of this buffer
+            fork.wait(read[i % 2])
+            _launch_sweep(qe, w, kd, u, gam, om, has_h0, meta, ht, hs=buf, chunk_meta=chunk_meta,
+                          seg=(i * S, (i + 1) * S, carry))
+            swept = fork.mark()
+            fork.run_beside(lambda buf=buf, i=i: chunk_inter_out_kernel[(S, N * HV)](
+                qe, om, o_intra, o, buf, chunk_meta[0], chunk_offsets, i * S, S,
+                HV=HV, K=K, V=V, L=L, C=C, BK=oBK, BV=oBV, PREC=dot_precision(qe.dtype), num_warps=o_warps,
+            ), after=swept)
+            read[i % 2] = fork.mark_beside()
+    fork.join()
 
 
 # switched off by the launch-settings sweep to compare (benchmarks/sweep_gdn.py)
 SIDE_BY_SIDE = True
 SPLIT_GRADS = True
+# results run 43 (64K fwd+bwd, mean of 3-4 passes): 36.37 ms with the lead stream, 36.63 without; run 42
+# saw no difference at 16-chunk segments, so the gain is small, and a third stream costs nothing measurable
+LEAD_PRIORITY = True
 
 
 @functools.lru_cache(maxsize=None)
 def _side_stream(index: int) -> torch.cuda.Stream:
     return torch.cuda.Stream(index)
+
+
+@functools.lru_cache(maxsize=None)
+def _lead_stream(index: int) -> torch.cuda.Stream:
+    # the highest priority torch gives (it clamps the number): when the sequential chain's next launch
+    # and the side stream's many-program kernel both wait for room on the SMs, the chain's go first
+    return torch.cuda.Stream(index, priority=-100)
 
 
 class _Fork:
@@ -467,9 +609,17 @@ class _Fork:
     def __init__(self, device: torch.device, on: bool):
         self.on = on and device.type == "cuda" and SIDE_BY_SIDE
         if self.on:
-            self.main = torch.cuda.current_stream(device)
-            self.side = _side_stream(_device_index(device))
-            self.side.wait_stream(self.main)
+            index = _device_index(device)
+            self.origin = torch.cuda.current_stream(device)
+            self.main = _lead_stream(index) if LEAD_PRIORITY else self.origin
+            self.side = _side_stream(index)
+            self.main.wait_stream(self.origin)
+            self.side.wait_stream(self.origin)
+
+    def chain(self):
+        """A context in which launches go to the fork's main stream: with ``LEAD_PRIORITY`` a stream of
+        the highest priority, so that the side stream's kernels never hold up the sequential chain."""
+        return torch.cuda.stream(self.main) if self.on else contextlib.nullcontext()
 
     def run_beside(self, fn, after=None):
         """``fn()`` on the side stream, after the current stream's event ``after`` if given."""
@@ -484,9 +634,19 @@ class _Fork:
         """An event at this point of the current stream (``None`` when not forked)."""
         return self.main.record_event() if self.on else None
 
+    def mark_beside(self):
+        """An event at this point of the side stream (``None`` when not forked)."""
+        return self.side.record_event() if self.on else None
+
+    def wait(self, event):
+        """The current stream waits for ``event`` (from :meth:`mark_beside`; ``None``: nothing to wait for)."""
+        if self.on and event is not None:
+            self.main.wait_event(event)
+
     def join(self):
         if self.on:
             self.main.wait_stream(self.side)
+            self.origin.wait_stream(self.main)
 
 
 def sweeps_share_sms(programs: int, device: torch.device) -> bool:
@@ -533,7 +693,7 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, chunk_meta):
     dgam = torch.empty_like(gam)
     dom = torch.zeros_like(om)
     BK, BV, num_warps = _sweep_blocks(K, V, N * HV, dev)
-    gBK, gBV, g_warps = _blocks(K, V)
+    gBK, gBV, g_warps = _grads_blocks(K, V, qe.dtype)
 
     def scan(part):
         chunk_inter_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
@@ -550,20 +710,20 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, chunk_meta):
             )
 
     fork = _Fork(dev, sweeps_share_sms(N * HV * triton.cdiv(V, BV), dev))
-    fork.run_beside(lambda: chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs))
-    if splits_grads(N * HV, V, dev, fork.on):
-        scan(1)
-        later_half_done = fork.mark()
-        # in program order (off CUDA) this runs before the scan's second half, the earliest the side
-        # stream can, so the interpreter tests catch a chunk read before its slot gradients are final
-        fork.run_beside(lambda: grads(1), after=later_half_done)
-        scan(2)
-        fork.join()
-        grads(2)
-    else:
-        scan(0)
-        fork.join()
-        grads(0)
+    split = splits_grads(N * HV, V, dev, fork.on)
+    with fork.chain():
+        fork.run_beside(lambda: chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs))
+        if split:
+            scan(1)
+            later_half_done = fork.mark()
+            # in program order (off CUDA) this runs before the scan's second half, the earliest the side
+            # stream can, so the interpreter tests catch a chunk read before its slot gradients are final
+            fork.run_beside(lambda: grads(1), after=later_half_done)
+            scan(2)
+        else:
+            scan(0)
+    fork.join()
+    grads(2 if split else 0)
     return dqe, dw, dkd, du, dgam, dom, dh
 
 
