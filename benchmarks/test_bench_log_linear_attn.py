@@ -1,9 +1,10 @@
 """Speed of scalar-gated log-linear attention against its baselines (CUDA only).
 
 bf16, H = 16, K = V = 128, 32K tokens per batch (B = 32768 / T); forward and forward+backward of:
-ours (chunk_log_linear_attn), fla's chunk_simple_gla (the linear parent), causal SDPA (flash
-backend, up to 64K) and fla's chunk_log_linear_attn (up to 16K: ~70 ms per fwd+bwd there); plus
-one decode step (fused_recurrent) against fla's fused_recurrent_simple_gla at position 100,000.
+ours (chunk_log_linear_attn), fla's chunk_simple_gla (the linear parent), causal SDPA (torch's
+choice of backend, flash and cuDNN: benchmarks/sdpa.py; up to 64K) and fla's chunk_log_linear_attn
+(up to 16K: ~70 ms per fwd+bwd there); plus one decode step (fused_recurrent) against fla's
+fused_recurrent_simple_gla at position 100,000.
 Ours and chunk_simple_gla run at every T first, then SDPA, then fla's log-linear op, so a run
 cut short keeps the main comparison; benchmarks/conftest.py writes each result as it finishes.
 Ours gets L = num_levels(64K) lambdas at every T (levels past num_levels(T) are never read) so its
@@ -16,6 +17,7 @@ Plot: python benchmarks/plot.py out.json out.png   (falls back to out.jsonl; pri
 import pytest
 import torch
 import torch.nn.functional as F
+from sdpa import SDPA_OPS, backend_used, sdpa_causal
 
 from fla_loglinear.levels import num_levels
 from fla_loglinear.state import FenwickState
@@ -27,7 +29,7 @@ TOKENS, H, K, V = 32768, 16, 128, 128
 T_VALUES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 # Run order: ours and chunk_simple_gla at every T first, then SDPA, then fla's slow log-linear op,
 # so a run cut short still has the main comparison at every T.
-PHASES = [("ours", "fla_simple_gla"), ("sdpa",), ("fla_log_linear",)]
+PHASES = [("ours", "fla_simple_gla"), SDPA_OPS, ("fla_log_linear",)]
 MAX_T = {"fla_log_linear": 16384}
 ROUNDS = {"fla_log_linear": 3}
 L_OURS = num_levels(max(T_VALUES))
@@ -64,15 +66,11 @@ def op_fn(op, T):
         # bf16 level_scales: fp32 ones fail to compile on triton 3.6
         q, k, v, g, lam = make(T, num_levels(T), lam_dtype=torch.bfloat16)
         return (lambda: fla_ll(q, k, v, g, lam, scale=K ** -0.5)[0]), (q, k, v, g, lam), {"L": num_levels(T)}
-    if op == "sdpa":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+    if op in SDPA_OPS:
         q, k, v, _, _ = make(T, 1)
         q, k, v = (x.transpose(1, 2).contiguous() for x in (q, k, v))
-
-        def f():
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return f, (q, k, v), {}
+        f = sdpa_causal(op)
+        return (lambda: f(q, k, v)), (q, k, v), {"sdpa_backend": backend_used(op, q, k, v)}
     raise ValueError(op)
 
 

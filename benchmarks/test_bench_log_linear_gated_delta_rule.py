@@ -3,8 +3,8 @@
 bf16, H = 16, K = V = 128, 32K tokens per batch (B = 32768 / T), forward and forward+backward of
 ours (the default chunk-local implementation, FLA_LOGLINEAR_GDN_LOCAL, i.e. the fused Triton
 kernels), "ours-torchlocal" (the batched PyTorch local part, at three lengths only), fla's
-chunk_gated_delta_rule (use_qk_l2norm_in_kernel=True) and causal flash SDPA.  At most 5 rounds
-each, so the file runs in well under 150 s on an H200 including compiles.
+chunk_gated_delta_rule (use_qk_l2norm_in_kernel=True) and causal SDPA with torch's choice of backend,
+flash and cuDNN (benchmarks/sdpa.py).  At most 5 rounds each.
 
     pytest benchmarks/test_bench_log_linear_gated_delta_rule.py --benchmark-json=gdn.json
     python benchmarks/plot.py gdn.json   # time vs T per group
@@ -12,6 +12,7 @@ each, so the file runs in well under 150 s on an H200 including compiles.
 import pytest
 import torch
 import torch.nn.functional as F
+from sdpa import SDPA_OPS, backend_used, sdpa_causal
 
 from fla_loglinear.levels import num_levels
 
@@ -19,14 +20,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmark
 
 H, D, TOKENS = 16, 128, 32768
 LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
-IMPLS = ["ours", "fla", "sdpa"]
+IMPLS = ["ours", "fla", *SDPA_OPS]
 CASES = [(T, impl) for T in LENGTHS for impl in IMPLS] + [(T, "ours-torchlocal") for T in (4096, 16384, 65536)]
 
 
 def make_inputs(impl, T):
     B = max(1, TOKENS // T)
     dev, dt = "cuda", torch.bfloat16
-    if impl == "sdpa":
+    if impl in SDPA_OPS:
         return [torch.randn(B, H, T, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3)]
     q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
     g = F.logsigmoid(torch.randn(B, T, H, device=dev, dtype=torch.float32)).requires_grad_(True)
@@ -39,7 +40,9 @@ def make_inputs(impl, T):
 
 def make_fn(impl):
     if impl.startswith("ours"):
-        from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_log_linear_gated_delta_rule
+        from fla_loglinear.ops.log_linear_gated_delta_rule import (
+            chunk_log_linear_gated_delta_rule,
+        )
 
         # "ours" leaves the chunk-local implementation to the module switch (env var)
         opts = dict(_gdn_local="torch") if impl == "ours-torchlocal" else {}
@@ -51,13 +54,8 @@ def make_fn(impl):
         # fla 0.6.0 refuses its gated backward on Hopper (triton 3.6 miscompile); timed anyway
         chunk_o.IS_NVIDIA_HOPPER = False
         return lambda *x: chunk_gated_delta_rule(*x, use_qk_l2norm_in_kernel=True)[0]
-    if impl == "sdpa":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        def sdpa(q, k, v):
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return sdpa
+    if impl in SDPA_OPS:
+        return sdpa_causal(impl)
     raise ValueError(impl)
 
 
@@ -65,6 +63,7 @@ def make_fn(impl):
 @pytest.mark.parametrize("T,impl", CASES)
 def test_bench_log_linear_gated_delta_rule(benchmark, T, impl, mode):
     inputs = make_inputs(impl, T)
+    backend = backend_used(impl, *inputs) if impl in SDPA_OPS else None
     fn = make_fn(impl)
     do = torch.randn_like(fn(*inputs))
 
@@ -86,6 +85,8 @@ def test_bench_log_linear_gated_delta_rule(benchmark, T, impl, mode):
         benchmark.extra_info["local"] = gdn_chunk.LOCAL_IMPL
     if impl == "fla":
         benchmark.extra_info["fla_hopper_bwd_guard_disabled"] = True
+    if backend is not None:
+        benchmark.extra_info["sdpa_backend"] = backend
     benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
     del inputs, do
     torch.cuda.empty_cache()
