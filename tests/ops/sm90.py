@@ -69,10 +69,18 @@ def ptx_resources(ptx: str) -> dict:
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.ptx")
-        with open(path, "w") as f:
-            f.write(ptx)
-        report = subprocess.run([ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull],
-                                capture_output=True, text=True, check=True).stderr
+        for _ in range(2):
+            with open(path, "w") as f:
+                f.write(ptx)
+            run = subprocess.run([ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull], capture_output=True, text=True)
+            # a Triton newer than its bundled ptxas (3.9's emits PTX 9.4, its ptxas reads up to 8.8): the
+            # kernels use nothing newer, so the PTX is read at the version ptxas names
+            older = re.search(r"Unsupported \.version [\d.]+; current version is '([\d.]+)'", run.stderr)
+            if run.returncode == 0 or not older:
+                break
+            ptx = re.sub(r"^\.version [\d.]+", f".version {older.group(1)}", ptx, count=1, flags=re.M)
+        run.check_returncode()
+        report = run.stderr
 
     def first(pattern):
         found = re.search(pattern, report)
