@@ -109,8 +109,12 @@ def hopper_mma_widths() -> dict:
             out[f"fused {'bwd' if bwd else 'fwd'} K={K} V={V}"] = widths(fn, consts, scalars, {"a_off": "i32"},
                                                                          cf.BWD_NUM_WARPS if bwd else cf.NUM_WARPS)
         for name, fn, consts, ptrs, num_warps, stages in gdn_scan_launches(K, V, torch.float32):
-            out[f"scan {name} K={K} V={V}"] = widths(fn, consts, {"NC": "i32", "seg_lo": "i32", "seg_hi": "i32", "S": "i32"}, ptrs, num_warps, stages)
+            out[f"scan {name} K={K} V={V}"] = widths(fn, consts, GDN_SCALARS, ptrs, num_warps, stages)
     return out
+
+
+# the integer arguments of the GDN slot-scan kernels
+GDN_SCALARS = {"NC": "i32", "seg_lo": "i32", "seg_hi": "i32", "S": "i32"}
 
 
 def gdn_scan_launches(K: int, V: int, dtype: torch.dtype) -> list[tuple]:
@@ -162,14 +166,14 @@ def gdn_scan_shared() -> dict:
         for K in (16, 32, 64, 128, 256):
             for name, fn, consts, ptrs, num_warps, stages in gdn_scan_launches(K, K, dtype):
                 md = {}
-                lower(fn, consts, {"NC": "i32", "seg_lo": "i32", "seg_hi": "i32", "S": "i32"}, ptrs, num_warps, "llir", stages, md)
+                lower(fn, consts, GDN_SCALARS, ptrs, num_warps, "llir", stages, md)
                 out[f"{dtype} K={K} {name}"] = md["shared"]
     return out
 
 
 def gdn_scan_resources() -> dict:
     """``{launch: ptxas resources}`` of the GDN slot-scan kernels at the benchmark shape (bf16, K = V = 128)."""
-    return {name: ptx_resources(lower(fn, consts, {"NC": "i32", "seg_lo": "i32", "seg_hi": "i32", "S": "i32"}, ptrs, num_warps, "ptx", stages))
+    return {name: ptx_resources(lower(fn, consts, GDN_SCALARS, ptrs, num_warps, "ptx", stages))
             for name, fn, consts, ptrs, num_warps, stages in gdn_scan_launches(128, 128, torch.bfloat16)}
 
 

@@ -47,6 +47,12 @@ def _merge_slot(a, b, L: tl.constexpr):
     return tl.minimum(m, L - 1)
 
 
+@triton.jit
+def _n_late(n):
+    # how many of a sequence's n chunks (its last ones) the backward's scan walks in its first launch
+    return (n + 1) // 2
+
+
 @triton.jit(do_not_specialize=["NC", "seg_lo", "seg_hi"])
 def chunk_inter_fwd_kernel(
     qe, w, kd, u, gam, om, oi, o, ht, hs, live_out, merge_out, late_out,
@@ -99,7 +105,7 @@ def chunk_inter_fwd_kernel(
             tl.store(live_out + i_c, live)
             tl.store(merge_out + i_c, mm)
             # the later half of the sequence's chunks, which the backward's scan finishes first
-            tl.store(late_out + i_c, (j >= (c_hi - c_lo) // 2).to(tl.int8))
+            tl.store(late_out + i_c, (j >= n - _n_late(n)).to(tl.int8))
 
         r = (i_c * HV + i_h) * C + o_c
         t = (i_c * C + o_c) * HV + i_h  # token rows (the op's output and its gradient)
@@ -228,7 +234,7 @@ def chunk_inter_bwd_kernel(
     o_kv = o_k[:, None] * V + o_v[None, :]
     p_dh = dh + i_nh.to(tl.int64) * L * K * V + o_kv
 
-    n_late = (c_hi - c_lo + 1) // 2
+    n_late = _n_late(c_hi - c_lo)
     j_lo = n_late if PART == 2 else 0
     j_hi = n_late if PART == 1 else c_hi - c_lo
     for j in range(j_lo, j_hi):
@@ -428,6 +434,11 @@ def _scan_blocks(K: int, V: int, few: bool):
     return BK, BV, num_warps
 
 
+def _sweep_programs(K: int, V: int, NH: int, device: torch.device) -> int:
+    """Programs of one sweep launch (:func:`_launch_sweep`'s grid): one per (sequence x value head, V block)."""
+    return NH * triton.cdiv(V, _sweep_blocks(K, V, NH, device)[1])
+
+
 def _sweep_blocks(K: int, V: int, NH: int, device: torch.device):
     """:func:`_scan_blocks` for ``NH`` (sequences x value heads) sweep rows on ``device``."""
     return _scan_blocks(K, V, few_programs(NH, V, device))
@@ -558,8 +569,7 @@ def _segmented_fwd(qe, w, kd, u, gam, om, has_h0, meta, ht, o_intra, o, chunk_me
     dev = qe.device
     S = min(SEGMENT_CHUNKS, NC)
     n_seg = triton.cdiv(NC, S)
-    _, BV, _ = _sweep_blocks(K, V, N * HV, dev)
-    carry = torch.empty(N * HV * triton.cdiv(V, BV), dtype=torch.int64, device=dev)
+    carry = torch.empty(_sweep_programs(K, V, N * HV, dev), dtype=torch.int64, device=dev)
     bufs = [torch.empty(N * S, HV, L, K, V, dtype=qe.dtype, device=dev) for _ in range(min(2, n_seg))]
     oBK, oBV, o_warps = _blocks(K, V)
     fork = _Fork(dev, True)
@@ -709,7 +719,7 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, chunk_meta):
                 BK=gBK, BV=gBV, num_warps=g_warps, PART=part, **launch, **consts,
             )
 
-    fork = _Fork(dev, sweeps_share_sms(N * HV * triton.cdiv(V, BV), dev))
+    fork = _Fork(dev, sweeps_share_sms(_sweep_programs(K, V, N * HV, dev), dev))
     split = splits_grads(N * HV, V, dev, fork.on)
     with fork.chain():
         fork.run_beside(lambda: chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs))
