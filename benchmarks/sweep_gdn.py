@@ -68,6 +68,17 @@ SETTINGS = {
     "segments of 64 chunks": (dict(SEGMENT_CHUNKS=64), []),
     "side by side at every length": (dict(sweeps_share_sms=lambda programs, device: device.type == "cuda"), []),
     "side by side BV=32": (dict(_scan_blocks=blocks(32, 4)), []),
+    # 64-wide sweep blocks halve the programs at 8K / 16K (256 -> 128 at 8K), so that the replay fits
+    # beside the scan (run 38: side by side with two programs per SM was slower)
+    "scans BV=64 warps=4": (dict(_scan_blocks=blocks(64, 4)), []),
+    "scans BV=64 warps=8": (dict(_scan_blocks=blocks(64, 8)), []),
+    "side by side BV=64": (dict(_scan_blocks=blocks(64, 4),
+                                sweeps_share_sms=lambda programs, device: device.type == "cuda"), []),
+    "side by side BV=64 warps=8": (dict(_scan_blocks=blocks(64, 8),
+                                        sweeps_share_sms=lambda programs, device: device.type == "cuda"), []),
+    "side by side BV=64 split grads": (dict(
+        _scan_blocks=blocks(64, 4), sweeps_share_sms=lambda programs, device: device.type == "cuda",
+        splits_grads=lambda NH, V, device, beside: beside or device.type != "cuda"), []),
     "prefetch BV=32 too": (dict(prefetches=lambda BK, BV: BK == 128), []),
     # the per-chunk gradient kernel's V blocks with 16-bit tiles at K = 128 (64 by default, run 43)
     "grads BV=32": (dict(GRADS_BV=None), []),
