@@ -66,6 +66,13 @@ SETTINGS = {
     "segments of 24 chunks": (dict(SEGMENT_CHUNKS=24), []),
     "segments of 32 chunks": (dict(SEGMENT_CHUNKS=32), []),
     "segments of 64 chunks": (dict(SEGMENT_CHUNKS=64), []),
+    # the forward's slots stored by segments and its output computed beside the next segment's sweep, where
+    # programs are many too (8K / 16K: two programs per SM, the 32-wide output sweep spills)
+    "segmented forward at every length": (dict(segments_forward=lambda NH, V, device: device.type == "cuda"), []),
+    "segmented forward at every length, 64 chunks": (dict(
+        segments_forward=lambda NH, V, device: device.type == "cuda", SEGMENT_CHUNKS=64), []),
+    "segmented forward at every length, 8 chunks": (dict(
+        segments_forward=lambda NH, V, device: device.type == "cuda", SEGMENT_CHUNKS=8), []),
     "side by side at every length": (dict(sweeps_share_sms=lambda programs, device: device.type == "cuda"), []),
     "side by side BV=32": (dict(_scan_blocks=blocks(32, 4)), []),
     # 64-wide sweep blocks halve the programs at 8K / 16K (256 -> 128 at 8K), so that the replay fits
