@@ -39,6 +39,20 @@ def blocks(BV: int | None = None, num_warps: int | None = None):
     return _scan_blocks
 
 
+# chunk_inter's schedule switches (segments_forward, sweeps_share_sms, splits_grads) forced on at every
+# length where a side stream exists, whatever the number of programs
+def segments_everywhere(NH, V, device):
+    return device.type == "cuda"
+
+
+def sweeps_beside_everywhere(programs, device):
+    return device.type == "cuda"
+
+
+def grads_split_everywhere(NH, V, device, beside):
+    return beside or device.type != "cuda"
+
+
 # name -> (chunk_inter attributes to replace, [(kernels, launch options)])
 SETTINGS = {
     "defaults": ({}, []),
@@ -54,8 +68,7 @@ SETTINGS = {
     "replay then scan": (dict(SIDE_BY_SIDE=False), []),
     # the per-chunk gradients of the later half beside the scan's second half (on where programs are few)
     "grads after the scan": (dict(SPLIT_GRADS=False), []),
-    "grads split at every length": (dict(splits_grads=lambda NH, V, device, beside: beside or device.type != "cuda"),
-                                    []),
+    "grads split at every length": (dict(splits_grads=grads_split_everywhere), []),
     # the forward sweep in one piece where programs are few (in segments by default there)
     "no segmented forward": (dict(SEGMENTED=False), []),
     # the sequential chain beside the side stream on the current stream, not on one of the highest priority
@@ -68,24 +81,20 @@ SETTINGS = {
     "segments of 64 chunks": (dict(SEGMENT_CHUNKS=64), []),
     # the forward's slots stored by segments and its output computed beside the next segment's sweep, where
     # programs are many too (8K / 16K: two programs per SM, the 32-wide output sweep spills)
-    "segmented forward at every length": (dict(segments_forward=lambda NH, V, device: device.type == "cuda"), []),
-    "segmented forward at every length, 64 chunks": (dict(
-        segments_forward=lambda NH, V, device: device.type == "cuda", SEGMENT_CHUNKS=64), []),
-    "segmented forward at every length, 8 chunks": (dict(
-        segments_forward=lambda NH, V, device: device.type == "cuda", SEGMENT_CHUNKS=8), []),
-    "side by side at every length": (dict(sweeps_share_sms=lambda programs, device: device.type == "cuda"), []),
+    "segmented forward at every length": (dict(segments_forward=segments_everywhere), []),
+    "segmented forward at every length, 64 chunks": (dict(segments_forward=segments_everywhere, SEGMENT_CHUNKS=64),
+                                                     []),
+    "segmented forward at every length, 8 chunks": (dict(segments_forward=segments_everywhere, SEGMENT_CHUNKS=8), []),
+    "side by side at every length": (dict(sweeps_share_sms=sweeps_beside_everywhere), []),
     "side by side BV=32": (dict(_scan_blocks=blocks(32, 4)), []),
     # 64-wide sweep blocks halve the programs at 8K / 16K (256 -> 128 at 8K), so that the replay fits
     # beside the scan (run 38: side by side with two programs per SM was slower)
     "scans BV=64 warps=4": (dict(_scan_blocks=blocks(64, 4)), []),
     "scans BV=64 warps=8": (dict(_scan_blocks=blocks(64, 8)), []),
-    "side by side BV=64": (dict(_scan_blocks=blocks(64, 4),
-                                sweeps_share_sms=lambda programs, device: device.type == "cuda"), []),
-    "side by side BV=64 warps=8": (dict(_scan_blocks=blocks(64, 8),
-                                        sweeps_share_sms=lambda programs, device: device.type == "cuda"), []),
-    "side by side BV=64 split grads": (dict(
-        _scan_blocks=blocks(64, 4), sweeps_share_sms=lambda programs, device: device.type == "cuda",
-        splits_grads=lambda NH, V, device, beside: beside or device.type != "cuda"), []),
+    "side by side BV=64": (dict(_scan_blocks=blocks(64, 4), sweeps_share_sms=sweeps_beside_everywhere), []),
+    "side by side BV=64 warps=8": (dict(_scan_blocks=blocks(64, 8), sweeps_share_sms=sweeps_beside_everywhere), []),
+    "side by side BV=64 split grads": (dict(_scan_blocks=blocks(64, 4), sweeps_share_sms=sweeps_beside_everywhere,
+                                            splits_grads=grads_split_everywhere), []),
     "prefetch BV=32 too": (dict(prefetches=lambda BK, BV: BK == 128), []),
     # the per-chunk gradient kernel's V blocks with 16-bit tiles at K = 128 (64 by default, run 43)
     "grads BV=32": (dict(GRADS_BV=None), []),
