@@ -300,6 +300,10 @@ def chunk_log_linear_attn(
     the private ``_chunk_size`` and ``_scan_segment``, in chunks, shrunk so that a few dozen tokens
     span several levels and scan segments).
     """
+    if torch.compiler.is_compiling():  # one custom op in the graph (ops/library.py)
+        from fla_loglinear.ops.library import compiled_chunk_log_linear_attn
+        return compiled_chunk_log_linear_attn(q, k, v, g, level_scales, initial_state, output_final_state, cu_seqlens,
+                                              scale, _use_triton, _chunk_size, _scan_segment)
     B, T, G, H, K, V, L, N = check_log_linear_attn_args(q, k, v, g, level_scales, initial_state, cu_seqlens)
     scale = K ** -0.5 if scale is None else float(scale)
     if not use_triton(q, _use_triton):

@@ -168,6 +168,10 @@ def fused_recurrent_log_linear_attn(
     CPU tensors run ``naive_recurrent_log_linear_attn`` unless the Triton interpreter is on and the
     private ``_use_triton=True`` asks for the kernel.
     """
+    if torch.compiler.is_compiling():  # one custom op in the graph (ops/library.py)
+        from fla_loglinear.ops.library import compiled_fused_recurrent_log_linear_attn
+        return compiled_fused_recurrent_log_linear_attn(q, k, v, g, level_scales, initial_state, output_final_state,
+                                                        cu_seqlens, scale, inplace_final_state, _use_triton)
     # The state is checked without reading its positions back (no host synchronisation).
     B, T, G, H, K, V, L, N = check_log_linear_attn_args(q, k, v, g, level_scales, None, cu_seqlens)
     check_state("initial_state", initial_state, N, H, L, K, V, q.device)

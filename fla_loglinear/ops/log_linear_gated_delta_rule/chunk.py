@@ -148,6 +148,11 @@ def chunk_log_linear_gated_delta_rule(
     sequential sweep over the Fenwick slots is a Triton kernel (:mod:`.chunk_inter`).  The option
     preprocessing is PyTorch.
     """
+    if torch.compiler.is_compiling():  # one custom op in the graph (ops/library.py)
+        from fla_loglinear.ops.library import compiled_chunk_log_linear_gated_delta_rule
+        return compiled_chunk_log_linear_gated_delta_rule(q, k, v, g, beta, level_scales, scale, initial_state,
+                                                          output_final_state, use_qk_l2norm_in_kernel, cu_seqlens,
+                                                          kwargs)
     op = "chunk_log_linear_gated_delta_rule"
     opts = parse_options(op, use_qk_l2norm_in_kernel, kwargs)
     state = state_in(initial_state, opts.state_v_first)

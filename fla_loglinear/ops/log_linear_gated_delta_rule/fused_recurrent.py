@@ -289,6 +289,11 @@ def fused_recurrent_log_linear_gated_delta_rule(
     Forward only (decoding): raises on every device if a gradient is required; train with the chunked op.
     CUDA runs the Triton kernel; CPU runs ``naive_recurrent_log_linear_gated_delta_rule``.
     """
+    if torch.compiler.is_compiling():  # one custom op in the graph (ops/library.py)
+        from fla_loglinear.ops.library import compiled_fused_recurrent_log_linear_gated_delta_rule
+        return compiled_fused_recurrent_log_linear_gated_delta_rule(
+            q, k, v, g, beta, level_scales, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+            cu_seqlens, inplace_final_state, kwargs)
     op = "fused_recurrent_log_linear_gated_delta_rule"
     opts = parse_options(op, use_qk_l2norm_in_kernel, kwargs)
     # same rule on every device and before any work: no path of this op has a backward
