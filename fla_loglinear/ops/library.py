@@ -67,6 +67,15 @@ def _none(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return like.new_empty(0, dtype=dtype)
 
 
+def _dense(x: Tensor) -> Tensor:
+    """An output as its fake says it is: contiguous (Inductor checks the strides)."""
+    return x.contiguous()
+
+
+def _like(x: Tensor) -> Tensor:
+    return x.new_empty(x.shape)
+
+
 def _or_none(x: Tensor | None) -> Tensor | None:
     return None if x is None or x.numel() == 0 else x
 
@@ -85,7 +94,7 @@ def _final_real(final: FenwickState | None, like: Tensor) -> tuple[Tensor, Tenso
     """A new final state's tensors (in-place results come back through the mutated arguments)."""
     if final is None:
         return _none(like, torch.float32), _none(like, torch.int64)
-    return final.states, final.positions
+    return _dense(final.states), _dense(final.positions)
 
 
 def _vjp(fn, inputs: list[Tensor | None], outputs_of, grads: list[Tensor | None]) -> list[Tensor | None]:
@@ -121,14 +130,14 @@ def _chunk_attn(
         q, k, v, g, level_scales, _state(states, positions), output_final_state, cu_seqlens, scale,
         _use_triton=force_triton, _chunk_size=chunk_size, _scan_segment=scan_segment,
     )
-    return (o, *_final_real(final, q))
+    return (_dense(o), *_final_real(final, q))
 
 
 @_chunk_attn.register_fake
 def _(q, k, v, g, level_scales, states, positions, cu_seqlens, scale, output_final_state, force_triton,
       chunk_size, scan_segment):
     H, V = v.shape[-2:]
-    return (torch.empty_like(v), *_final_fake(q, _seq_count(q.shape[0], cu_seqlens), H, level_scales.shape[-1],
+    return (_like(v), *_final_fake(q, _seq_count(q.shape[0], cu_seqlens), H, level_scales.shape[-1],
                                               q.shape[-1], V, output_final_state))
 
 
@@ -151,21 +160,21 @@ def _chunk_attn_bwd(
         )
         # the empty-slot mask is its own adjoint
         dstates = _none(q) if dh0 is None else FenwickState(dh0, positions).without_empty_slots().states.to(states.dtype)
-        return dq, dk, dv, dg, dlam, dstates
+        return tuple(_dense(x) for x in (dq, dk, dv, dg, dlam, dstates))
 
     def fn(q, k, v, g, level_scales, states):
         return chunk_log_linear_attn(q, k, v, g, level_scales, _state(states, positions), dht is not None,
                                      cu_seqlens, scale, _chunk_size=chunk_size)
 
     grads = _vjp(fn, [q, k, v, g, level_scales, states], _outputs, [do, dht])
-    return tuple(_none(q) if x is None else x for x in grads)
+    return tuple(_none(q) if x is None else _dense(x) for x in grads)
 
 
 @_chunk_attn_bwd.register_fake
 def _(q, k, v, g, level_scales, states, positions, cu_seqlens, ht, do, dht, scale, force_triton, chunk_size,
       scan_segment):
-    dstates = q.new_empty(0) if states is None else torch.empty_like(states)
-    return tuple(torch.empty_like(x) for x in (q, k, v, g, level_scales)) + (dstates,)
+    dstates = q.new_empty(0) if states is None else _like(states)
+    return tuple(_like(x) for x in (q, k, v, g, level_scales)) + (dstates,)
 
 
 def _chunk_attn_setup(ctx, inputs, output):
@@ -216,14 +225,14 @@ def _recurrent_attn(
             q, k, v, g, level_scales, _state(states, positions), output_final_state, cu_seqlens, scale,
             inplace_final_state, _use_triton=force_triton,
         )
-    return (o, *_final_real(None if inplace_final_state else final, q))
+    return (_dense(o), *_final_real(None if inplace_final_state else final, q))
 
 
 @_recurrent_attn.register_fake
 def _(q, k, v, g, level_scales, states, positions, cu_seqlens, scale, output_final_state, inplace_final_state,
       force_triton):
     H, V = v.shape[-2:]
-    return (torch.empty_like(v), *_final_fake(q, _seq_count(q.shape[0], cu_seqlens), H, level_scales.shape[-1],
+    return (_like(v), *_final_fake(q, _seq_count(q.shape[0], cu_seqlens), H, level_scales.shape[-1],
                                               q.shape[-1], V, output_final_state and not inplace_final_state))
 
 
@@ -263,7 +272,7 @@ def _chunk_gdn(
                                 pending_gates, pending_from, cu_seqlens, scale, output_final_state,
                                 use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
                                 use_gate_in_kernel, state_v_first, force_triton, local_impl)
-    return (o, *_final_real(final, q))
+    return (_dense(o), *_final_real(final, q))
 
 
 def _chunk_gdn_eager(q, k, v, g, beta, level_scales, A_log, dt_bias, states, positions, pending_keys, pending_gates,
@@ -291,7 +300,7 @@ def _(q, k, v, g, beta, level_scales, A_log, dt_bias, states, positions, pending
     ht, pos = _final_fake(q, _seq_count(q.shape[0], cu_seqlens), HV, L, K, V, output_final_state)
     if output_final_state and state_v_first:
         ht = ht.transpose(-1, -2).contiguous()
-    return torch.empty_like(v), ht, pos
+    return _like(v), ht, pos
 
 
 @torch.library.custom_op(f"{_NS}::chunk_log_linear_gated_delta_rule_bwd", mutates_args=())
@@ -312,12 +321,12 @@ def _chunk_gdn_bwd(
 
     grads = _vjp(fn, [q, k, v, g, beta, level_scales, A_log, dt_bias, states],
                  _outputs, [do, dht])
-    return [_none(q) if x is None else x for x in grads]
+    return [_none(q) if x is None else _dense(x) for x in grads]
 
 
 @_chunk_gdn_bwd.register_fake
 def _(q, k, v, g, beta, level_scales, A_log, dt_bias, states, *rest):
-    return [q.new_empty(0) if x is None else torch.empty_like(x)
+    return [q.new_empty(0) if x is None else _like(x)
             for x in (q, k, v, g, beta, level_scales, A_log, dt_bias, states)]
 
 
@@ -383,7 +392,7 @@ def _recurrent_gdn(
             use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel, allow_neg_eigval=allow_neg_eigval,
             use_gate_in_kernel=use_gate_in_kernel, state_v_first=state_v_first, _force_triton=force_triton, **extra,
         )
-    return (o, *_final_real(None if inplace_final_state else final, q))
+    return (_dense(o), *_final_real(None if inplace_final_state else final, q))
 
 
 @_recurrent_gdn.register_fake
@@ -396,7 +405,7 @@ def _(q, k, v, g, beta, level_scales, A_log, dt_bias, states, positions, pending
                           output_final_state and not inplace_final_state)
     if ht.numel() and state_v_first:
         ht = ht.transpose(-1, -2).contiguous()
-    return torch.empty_like(v), ht, pos
+    return _like(v), ht, pos
 
 
 def compiled_fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, level_scales, scale, initial_state,
