@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--positions", default="1024,16384,131072,1048576", help="decoding positions (default: 1024,16384,131072,1048576)"
     )
+    bench.add_argument("--compile", action="store_true",
+                       help="train part: every block under torch.compile, as flame compiles (warm-up steps pay it)")
+    bench.add_argument("--profile", action="store_true",
+                       help="train part: also write a torch.profiler table of one log-linear Gated DeltaNet step "
+                       "(middle sequence length) to the output folder")
     return parser
 
 
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(parts) - {"kernels", "train", "decode"})
         if unknown or not parts:
             parser.error(f"--parts: unknown part(s) {unknown or parts}; choose from kernels, train, decode")
+        if (args.compile or args.profile) and "train" not in parts:
+            parser.error("--compile and --profile apply to the train part: add train to --parts")
         from fla_loglinear.bench import run_bench
 
         return run_bench(
@@ -121,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             parts=parts,
             seq_lens=_int_list(parser, "--seq-lens", args.seq_lens),
             positions=_int_list(parser, "--positions", args.positions),
+            compile=args.compile,
+            profile=args.profile,
         )
     return 2
 

@@ -72,12 +72,53 @@ def _build(config, device, dtype):
     return model.to(dtype=dtype)
 
 
+def compile_blocks(model) -> None:
+    """``torch.compile`` of each block module, in place: how flame (torchtitan) compiles fla models."""
+    base = getattr(model, "model", None) or model.backbone
+    for block in base.layers:
+        block.compile()
+
+
+def freeze_lambdas(model) -> int:
+    """Lambdas stay at their init (1 with ``identity``): the log-linear model computes its parent's
+    function on our kernels.  Returns how many parameters were frozen."""
+    frozen = [p for n, p in model.named_parameters() if ".level_proj." in n]
+    for p in frozen:
+        p.requires_grad_(False)
+    return len(frozen)
+
+
+def _profile_table(step, device, path: Path) -> None:
+    """One step under torch.profiler: ops by CUDA time, then the host synchronisations and copies."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    with profile(activities=activities, record_shapes=False) as prof:
+        step()
+        _sync(device)
+    events = prof.key_averages()
+    sort = "cuda_time_total" if torch.device(device).type == "cuda" else "cpu_time_total"
+    syncs = [e for e in events if any(w in e.key for w in ("Synchronize", "Memcpy", "item", "_local_scalar_dense"))]
+    lines = [f"one training step (fwd+bwd+AdamW), top ops by {sort}", events.table(sort_by=sort, row_limit=40), "",
+             "host synchronisations and copies (cudaStreamSynchronize / cudaMemcpy* / .item()): count, host time"]
+    lines += [f"  {e.key:<48} {e.count:>6} {e.cpu_time_total / 1e3:>10.2f} ms" for e in syncs] or ["  none"]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def train_throughput(config, seq_len: int, batch_size: int, device="cuda", dtype=torch.bfloat16,
-                     warmup: int = 2, steps: int = 3) -> dict:
-    """Tokens/s of forward + backward + AdamW on random tokens, and peak memory (CUDA)."""
+                     warmup: int = 2, steps: int = 3, compile: bool = False, frozen_lambdas: bool = False,
+                     profile_path: Path | None = None) -> dict:
+    """Tokens/s of forward + backward + AdamW on random tokens, and peak memory (CUDA).
+
+    ``compile``: each block under ``torch.compile`` (the warm-up steps pay the compilation).
+    ``frozen_lambdas``: see :func:`freeze_lambdas`.  ``profile_path``: also write one profiled step there."""
     model = _build(config, device, dtype)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if frozen_lambdas:
+        freeze_lambdas(model)
+    if compile:
+        compile_blocks(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
 
     def step():
@@ -86,9 +127,11 @@ def train_throughput(config, seq_len: int, batch_size: int, device="cuda", dtype
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    start = time.perf_counter()
     for _ in range(warmup):
         step()
     _sync(device)
+    warmup_s = time.perf_counter() - start
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -100,11 +143,17 @@ def train_throughput(config, seq_len: int, batch_size: int, device="cuda", dtype
         "parameters": sum(p.numel() for p in model.parameters()),
         "seq_len": seq_len,
         "batch_size": batch_size,
+        "levels": getattr(config, "log_linear_levels", None) if getattr(config, "log_linear", False) else None,
+        "compile": compile,
+        "warmup_s": warmup_s,
         "step_ms": seconds * 1e3,
         "tokens_per_second": batch_size * seq_len / seconds,
     }
     if torch.device(device).type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if profile_path is not None:
+        _profile_table(step, device, profile_path)
+        out["profile"] = str(profile_path)
     del model, opt
     return out
 
@@ -264,20 +313,77 @@ def _record(rows: list[dict], row: dict, save) -> None:
         save()
 
 
-def bench_training(seq_lens: list[int], device="cuda", rows: list | None = None, save=None, **overrides) -> list[dict]:
-    """Training rows, appended to ``rows`` one by one with ``save()`` after each (a cut run keeps its rows)."""
+# (name, arch, log_linear, lambdas frozen at their init)
+TRAIN_VARIANTS = (
+    ("Gated DeltaNet (stock)", "gdn", False, False),
+    ("Gated DeltaNet (log-linear)", "gdn", True, False),
+    ("Mamba-2 (stock, PyTorch SSD)", "mamba2", False, False),
+    ("Mamba-2 (log-linear, lambdas frozen at 1)", "mamba2", True, True),
+    ("Mamba-2 (log-linear)", "mamba2", True, False),
+)
+# what each log-linear row is compared with: stock fla Mamba-2 runs its fast path only with mamba_ssm /
+# causal_conv1d; without them its PyTorch SSD is no kernel baseline, so the parent function on our
+# kernels (lambdas frozen at 1) is, and shows what training the lambdas costs
+BASELINES = {"Gated DeltaNet (log-linear)": "Gated DeltaNet (stock)",
+             "Mamba-2 (log-linear)": "Mamba-2 (log-linear, lambdas frozen at 1)"}
+
+
+def _is_oom(row: dict) -> bool:
+    return "out of memory" in row.get("error", "").lower()
+
+
+def bench_training(seq_lens: list[int], device="cuda", rows: list | None = None, save=None, compile: bool = False,
+                   profile_dir: Path | None = None, dtype=torch.bfloat16, **overrides) -> list[dict]:
+    """Training rows, appended to ``rows`` one by one with ``save()`` after each (a cut run keeps its rows).
+
+    Log-linear models get ``num_levels(T)`` levels: the lambdas past that level are never read in a
+    sequence of ``T`` tokens.  The stock PyTorch Mamba-2 halves its batch until it fits (said in the row).
+    With ``profile_dir`` the log-linear Gated DeltaNet step at the middle length is profiled there."""
     rows = [] if rows is None else rows
-    for arch in ARCHS:
-        for log_linear in (False, True):
-            for T in seq_lens:
-                B = max(1, TOKENS_PER_STEP // T)
-                print(f"train: {_name(arch, log_linear)}, T={T}, B={B}", flush=True)
-                r = _guard(train_throughput, model_config(arch, log_linear, **overrides), T, B, device=device)
-                _record(rows, {"name": _name(arch, log_linear), "arch": arch, "log_linear": log_linear, "seq_len": T,
-                               **r}, save)
-                if "tokens_per_second" in r:
-                    print(f"    {r['tokens_per_second']:,.0f} tokens/s ({r['step_ms']:.1f} ms/step)", flush=True)
+    profiled = seq_lens[len(seq_lens) // 2]
+    for name, arch, log_linear, frozen in TRAIN_VARIANTS:
+        for T in seq_lens:
+            B = max(1, TOKENS_PER_STEP // T)
+            levels = num_levels(T) if log_linear else None
+            profile_path = None
+            if profile_dir is not None and arch == "gdn" and log_linear and T == profiled:
+                profile_path = profile_dir / f"profile_gdn_loglinear_T{T}{'_compiled' if compile else ''}.txt"
+            while True:
+                print(f"train: {name}, T={T}, B={B}" + (f", {levels} levels" if levels else "")
+                      + (", compiled per block" if compile else ""), flush=True)
+                r = _guard(train_throughput, model_config(arch, log_linear, levels, **overrides), T, B, device=device,
+                           dtype=dtype, compile=compile, frozen_lambdas=frozen, profile_path=profile_path)
+                if not (_is_oom(r) and arch == "mamba2" and not log_linear and B > 1):
+                    break
+                B //= 2
+            _record(rows, {"name": name, "arch": arch, "log_linear": log_linear, "frozen_lambdas": frozen,
+                           "seq_len": T, **r}, save)
+            if "tokens_per_second" in r:
+                print(f"    {r['tokens_per_second']:,.0f} tokens/s ({r['step_ms']:.1f} ms/step"
+                      + (f", peak {r['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in r else "") + ")", flush=True)
     return rows
+
+
+def train_table(rows: list[dict], note: str | None = None) -> str:
+    """The training rows as a markdown table: tokens/s, ratio to the row's baseline, ms/step, peak memory."""
+    by = {(r["name"], r["seq_len"]): r for r in rows}
+    out = ["| model | T | batch | levels | tokens/s | vs baseline | ms/step | peak GiB |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "tokens_per_second" not in r:
+            out.append(f"| {r['name']} | {r['seq_len']} | | | failed: {r.get('error', '?')} | | | |")
+            continue
+        base = by.get((BASELINES.get(r["name"]), r["seq_len"]), {})
+        ratio = f"{r['tokens_per_second'] / base['tokens_per_second']:.2f}x" if "tokens_per_second" in base else ""
+        peak = f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else ""
+        out.append(f"| {r['name']} | {r['seq_len']} | {r['batch_size']} | {r.get('levels') or ''} | "
+                   f"{r['tokens_per_second']:,.0f} | {ratio} | {r['step_ms']:.1f} | {peak} |")
+    notes = ["", "Baselines: " + "; ".join(f"{k} vs {v}" for k, v in BASELINES.items()) + "."]
+    if any(r.get("compile") for r in rows):
+        notes.append("Every block compiled with torch.compile (flame's per-block compile); warm-up steps untimed.")
+    if note:
+        notes.append(note)
+    return "\n".join(out + notes) + "\n"
 
 
 def bench_decoding(positions: list[int], device="cuda", rows: list | None = None, save=None, **overrides) -> list[dict]:
@@ -355,8 +461,11 @@ def _plot(train_rows: list[dict], decode_rows: list[dict], out: Path) -> list[st
 
 
 def run_bench(output: str | Path = "benchmarks/results", parts=("kernels", "train", "decode"),
-              seq_lens=(2048, 8192, 32768), positions=(1024, 16384, 131072, 1048576)) -> int:
-    """Run the selected parts and write ``output``/{models.json, kernels.json, *.png}; 2 without a GPU."""
+              seq_lens=(2048, 8192, 32768), positions=(1024, 16384, 131072, 1048576), compile: bool = False,
+              profile: bool = False) -> int:
+    """Run the selected parts and write ``output``/{models.json, train.md, kernels.json, *.png} (and with
+    ``profile`` the profiled log-linear step, ``profile_*.txt``); 2 without a GPU.  ``compile``: the
+    training rows with every block under torch.compile."""
     if not torch.cuda.is_available():
         print("fla-loglinear bench needs a CUDA GPU: torch sees none on this machine. The kernels it times only run "
               "on a GPU (on a CPU, `python -m fla_loglinear demo` shows the models working).", file=sys.stderr)
@@ -372,6 +481,7 @@ def run_bench(output: str | Path = "benchmarks/results", parts=("kernels", "trai
         "versions": {"torch": torch.__version__, "fla": fla.__version__, "transformers": transformers.__version__,
                      "triton": __import__("triton").__version__},
         "parts": list(parts),
+        "compile": compile,
     }
     rc = 0
     if "kernels" in parts:
@@ -390,7 +500,9 @@ def run_bench(output: str | Path = "benchmarks/results", parts=("kernels", "trai
             report["note"] = note
             print(note)
         if "train" in parts:
-            bench_training(list(seq_lens), rows=train_rows, save=save)
+            bench_training(list(seq_lens), rows=train_rows, save=save, compile=compile,
+                           profile_dir=out if profile else None)
+            (out / "train.md").write_text(train_table(train_rows, note))
         if "decode" in parts:
             bench_decoding(list(positions), rows=decode_rows, save=save)
     report["complete"] = True
@@ -399,7 +511,8 @@ def run_bench(output: str | Path = "benchmarks/results", parts=("kernels", "trai
     report["total_seconds"] = time.perf_counter() - start
     save()
     _print_summary(train_rows, decode_rows)
-    print(f"wrote {out / 'models.json'}" + "".join(f", {out / p}" for p in report["plots"])
+    written = [p.name for p in (out / "train.md", *sorted(out.glob("profile_*.txt"))) if p.exists()]
+    print(f"wrote {out / 'models.json'}" + "".join(f", {out / p}" for p in written + report["plots"])
           + f" in {report['total_seconds']:.0f} s")
     return int(rc)
 
@@ -408,10 +521,10 @@ def _print_summary(train_rows: list[dict], decode_rows: list[dict]) -> None:
     if train_rows:
         lens = sorted({r["seq_len"] for r in train_rows})
         print("\ntraining throughput, tokens/s (fwd+bwd+AdamW, bf16)")
-        print(f"{'model':<32}" + "".join(f"{'T=' + str(T):>12}" for T in lens))
+        print(f"{'model':<44}" + "".join(f"{'T=' + str(T):>12}" for T in lens))
         for name in dict.fromkeys(r["name"] for r in train_rows):
             cells = {r["seq_len"]: r.get("tokens_per_second") for r in train_rows if r["name"] == name}
-            print(f"{name:<32}" + "".join(f"{cells[T]:>12,.0f}" if cells.get(T) else f"{'failed':>12}" for T in lens))
+            print(f"{name:<44}" + "".join(f"{cells[T]:>12,.0f}" if cells.get(T) else f"{'failed':>12}" for T in lens))
     if decode_rows:
         pos = sorted({r["position"] for r in decode_rows})
         print(f"\ndecoding: ms per token (batch {DECODE_BATCH}) / state MiB per sequence")
