@@ -19,6 +19,7 @@ are p: no need to prefill p tokens.  The log-linear models are built with just e
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import subprocess
 import sys
@@ -65,6 +66,10 @@ def _build(config, device, dtype):
     from fla_loglinear.patches import patch
 
     patch(cpu=torch.device(device).type == "cpu")  # the CPU paths only serve the small-scale tests
+    if torch.device(device).type == "cuda":
+        # a failed measurement's model lived on in its traceback until now
+        gc.collect()
+        torch.cuda.empty_cache()
     torch.manual_seed(0)
     # Built (and initialised) on the device: on the CPU a 125M model's init took most of the report's time.
     with torch.device(device):
@@ -494,6 +499,8 @@ def run_bench(output: str | Path = "benchmarks/results", parts=("kernels", "trai
 
     def save():  # after every measurement: a run cut by a time limit keeps what it measured
         (out / "models.json").write_text(json.dumps(report, indent=2))
+        if train_rows:
+            (out / "train.md").write_text(train_table(train_rows, report.get("note")))
 
     with _fla_gated_backward_allowed() as note:
         if note:
@@ -502,7 +509,6 @@ def run_bench(output: str | Path = "benchmarks/results", parts=("kernels", "trai
         if "train" in parts:
             bench_training(list(seq_lens), rows=train_rows, save=save, compile=compile,
                            profile_dir=out if profile else None)
-            (out / "train.md").write_text(train_table(train_rows, note))
         if "decode" in parts:
             bench_decoding(list(positions), rows=decode_rows, save=save)
     report["complete"] = True
