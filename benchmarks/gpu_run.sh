@@ -9,7 +9,7 @@
 # Everything lands in $OUT/run and is packed into $OUT/run.tar.gz (the device tool brings back at
 # most 8 files).  Each stage's variable overrides its default; "" skips the stage.
 set -uo pipefail
-OUT=${OUT:-benchmarks/results/local}
+OUT=${OUT:-benchmarks/out}
 R=$OUT/run
 mkdir -p "$R"
 # SITE: where the wheels go (two copies of this script running side by side need one each)

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stock vs log-linear models at ~125M parameters and decoding time / state memory against the position. "
         "Writes JSON and PNG plots. Needs a CUDA GPU.",
     )
-    bench.add_argument("--output", metavar="DIR", default="benchmarks/results", help="(default: benchmarks/results)")
+    bench.add_argument("--output", metavar="DIR", default="benchmarks/out", help="(default: benchmarks/out, git-ignored)")
     bench.add_argument(
         "--parts",
         default="kernels,train,decode",

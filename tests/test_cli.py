@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fla_loglinear.demo as demo
-from fla_loglinear.__main__ import main
+from fla_loglinear.__main__ import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "4", "--seq-len", "32", "--batch-size", "4", "--kv-pairs", "4", "--device", "cpu", "--no-progress"]
@@ -57,6 +57,14 @@ def test_bench_without_gpu_exits_2(monkeypatch, capsys):
     assert main(["bench"]) == 2
     err = capsys.readouterr().err
     assert "needs a CUDA GPU" in err
+
+
+def test_bench_writes_into_an_ignored_folder_by_default():
+    """New runs land in a git-ignored folder; benchmarks/results/ holds only runs cited on purpose."""
+    out = Path(build_parser().parse_args(["bench"]).output)
+    assert Path("benchmarks/results") not in (out, *out.parents)
+    ignored = [Path(line.strip().strip("/")) for line in (ROOT / ".gitignore").read_text().splitlines() if line.strip()]
+    assert any(p == out or p in out.parents for p in ignored), f"{out} is not in .gitignore"
 
 
 class _StubLM(torch.nn.Module):
