@@ -51,6 +51,10 @@ class LogLinearMamba2(LogLinearMixin, Mamba2):
         """Causal depthwise conv over ``[B, T, C]`` continuing the window ``conv_state`` (last inputs)."""
         K = self.conv_kernel_size
         x = xBC.transpose(1, 2)
+        if conv_state is None and not use_cache:
+            # training / uncached prefill: the conv's own zero padding, no zeros + cat launches
+            out = F.conv1d(x, self.conv1d.weight, self.conv1d.bias, padding=K - 1, groups=self.conv_dim)
+            return self.act(out[..., : x.shape[-1]]).transpose(1, 2), None
         history = conv_state[..., 1:].to(x) if conv_state is not None else x.new_zeros(*x.shape[:2], K - 1)
         window = torch.cat([history, x], dim=-1)
         out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
