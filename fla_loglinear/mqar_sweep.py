@@ -306,6 +306,13 @@ def run_sweep(runs: list[Run], output: str | Path, device: str, workers: int = 1
                 done(result)
     report = {"meta": [meta], "runs": results}
     finish(report, path)
+    timed = [r["ms_per_step"] for r in results if "ms_per_step" in r]
+    if timed:
+        # measured with this many workers side by side, so contention is in the figure
+        ms = statistics.median(timed)
+        full = plan(PRESETS["full"])
+        print(f"median {ms:.1f} ms/step with {workers} worker(s): the full preset ({len(full)} runs) would train for "
+              f"~{estimate_seconds(full, ms, workers):.0f} s with {workers} worker(s) (compile and evaluation not included)")
     return report
 
 
