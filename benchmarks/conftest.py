@@ -4,7 +4,7 @@ pytest-benchmark writes its ``--benchmark-json`` only at the end of the session:
 a timeout leaves nothing.  This hook appends one JSON line per finished benchmark to
 
     --bench-jsonl PATH, else $BENCH_JSONL, else $OUT/bench.jsonl (the device tool's output folder),
-    else benchmarks/results/bench.jsonl
+    else benchmarks/out/bench.jsonl (git-ignored)
 
 with ``name, fullname, group, op, mode, T, median_ms, mean_ms, min_ms, max_ms, stddev_ms,
 rounds, extra_info``.  ``benchmarks/plot.py`` reads these lines as well as the pytest-benchmark JSON.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-DEFAULT_JSONL = Path(__file__).parent / "results" / "bench.jsonl"
+DEFAULT_JSONL = Path(__file__).parent / "out" / "bench.jsonl"
 
 
 def pytest_addoption(parser):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device run on the GPU machine: `bash benchmarks/gpu_run.sh` (fla wheels in .whl/, carried).
+# One GPU run: `bash benchmarks/gpu_run.sh` (installs the fla wheels of .whl/ first where that folder exists).
 # 1. PROFILES: kernel-by-kernel profiles (benchmarks/profile_ops.py) on a quiet GPU, one at a time;
 # 2. TESTS: test groups side by side (correctness only; a CUDA fault poisons only its own group);
 # 3. BENCHES: pytest-benchmark suites one after another on a quiet GPU;
@@ -9,12 +9,15 @@
 # Everything lands in $OUT/run and is packed into $OUT/run.tar.gz (the device tool brings back at
 # most 8 files).  Each stage's variable overrides its default; "" skips the stage.
 set -uo pipefail
-OUT=${OUT:-benchmarks/results/local}
+OUT=${OUT:-benchmarks/out}
 R=$OUT/run
 mkdir -p "$R"
-# SITE: where the wheels go (two copies of this script running side by side need one each)
+# SITE: where the wheels go (two copies of this script running side by side need one each); without a
+# .whl/ folder the installed packages are used as they are
 SITE=${SITE:-/tmp/site}
-python3 -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl || exit 1
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl || exit 1
+fi
 export PYTHONPATH=$SITE:$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/triton-cache
 {
   date -u +"date: %Y-%m-%dT%H:%M:%SZ"

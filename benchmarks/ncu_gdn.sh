@@ -8,7 +8,7 @@
 # ncu needs the Firecracker runtime (KINDS.md; on gVisor it cannot read the counters): the first lines of
 # ncu-check.txt say whether it could.  First run: results run 31.
 set -uo pipefail
-OUT=${OUT:-benchmarks/results/local}
+OUT=${OUT:-benchmarks/out}
 R=$OUT/run
 mkdir -p "$R"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1

@@ -1,11 +1,13 @@
 """Command line of fla_loglinear.
 
   python -m fla_loglinear demo    train stock and log-linear Gated DeltaNet / Mamba-2 on MQAR (CPU is enough)
+  python -m fla_loglinear mqar    MQAR sweep: log-linear vs linear parent over widths, lrs, seeds, lambda forms (GPU)
   python -m fla_loglinear bench   kernel benchmarks plus model-level throughput and decoding (needs a GPU)
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 # Heavy imports (fla, transformers, the demo) stay inside the commands so that `--help` and most flag errors are instant.
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fla-loglinear", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,mqar,bench}")
 
     demo = sub.add_parser(
         "demo",
@@ -58,6 +60,39 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", metavar="DIR", default=None, help="write results.json and loss_curves.png here")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
 
+    mqar = sub.add_parser(
+        "mqar",
+        help="Zoology-style MQAR sweep: log-linear vs linear parent over widths, learning rates, seeds, lambda forms",
+        description="Train Gated DeltaNet and Mamba-2, log-linear and linear parent, on multi-query associative "
+        "recall over a grid of widths, learning rates and seeds (plus the lambda forms at the smallest widths), "
+        "in parallel worker processes on one device. Writes a JSON of every run (after each), a markdown table "
+        "and a PNG beside it. Presets: full (the GPU sweep), smoke (a GPU check of about a minute), cpu-tiny (tests).",
+    )
+    mqar.add_argument("--preset", choices=["full", "smoke", "cpu-tiny"], default="full", help="(default: full)")
+    mqar.add_argument("--output", metavar="FILE.json", default="mqar_sweep.json",
+                      help="results JSON; the .md table and .png figure go beside it (default: mqar_sweep.json)")
+    mqar.add_argument("--device", type=_device, default=None, help="cpu or cuda (default: cuda when available)")
+    mqar.add_argument("--workers", type=_positive_int, default=1, help="worker processes on the device (default: 1)")
+    mqar.add_argument("--shard", metavar="I/N", default=None, help="run only the I-th of N interleaved shards")
+    mqar.add_argument("--deadline-s", type=_positive_int, default=None,
+                      help="start no run that would end after this many seconds (it is recorded as skipped)")
+    mqar.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps per run (preset's otherwise)")
+    mqar.add_argument("--batch-size", type=_positive_int, default=None, help="sequences per step")
+    mqar.add_argument("--seq-len", type=_positive_int, default=None, help="tokens per sequence")
+    mqar.add_argument("--vocab-size", type=_positive_int, default=None, help="vocabulary (Zoology: 8192)")
+    mqar.add_argument("--widths", default=None, help="comma-separated model widths")
+    mqar.add_argument("--kv-pairs", default=None, help="comma-separated key-value pair counts")
+    mqar.add_argument("--lrs", default=None, help="comma-separated learning rates")
+    mqar.add_argument("--seeds", default=None, help="comma-separated seeds (the first everywhere, the rest at --seed-widths)")
+    mqar.add_argument("--seed-widths", default=None, help="widths that get every seed")
+    mqar.add_argument("--form-widths", default=None, help="widths of the lambda-form / init comparison")
+    mqar.add_argument("--archs", default=None, help="comma-separated subset of gdn,mamba2")
+    mqar.add_argument("--list", action="store_true", help="print the planned runs and a time estimate, run nothing")
+    mqar.add_argument("--assume-ms", type=float, default=20.0,
+                      help="ms per training step per process for --list's estimate (default: 20)")
+    mqar.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                      help="merge these sweep JSONs into --output (table and PNG too) instead of running")
+
     bench = sub.add_parser(
         "bench",
         help="benchmark kernels, training throughput and decoding (CUDA GPU only)",
@@ -65,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stock vs log-linear models at ~125M parameters and decoding time / state memory against the position. "
         "Writes JSON and PNG plots. Needs a CUDA GPU.",
     )
-    bench.add_argument("--output", metavar="DIR", default="benchmarks/results", help="(default: benchmarks/results)")
+    bench.add_argument("--output", metavar="DIR", default="benchmarks/out", help="(default: benchmarks/out, git-ignored)")
     bench.add_argument(
         "--parts",
         default="kernels,train,decode",
@@ -93,6 +128,76 @@ def _int_list(parser: argparse.ArgumentParser, flag: str, text: str) -> list[int
     return values
 
 
+def _list(parser, flag: str, text: str | None, kind):
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        parser.error(f"{flag}: expected comma-separated {kind.__name__} values, got {text!r}")
+    if not values or min(values) <= 0:
+        parser.error(f"{flag}: expected comma-separated positive {kind.__name__} values, got {text!r}")
+    return values
+
+
+def _mqar(parser: argparse.ArgumentParser, args) -> int:
+    import fla_loglinear.mqar_sweep as sweep
+
+    if args.merge:
+        try:
+            report = sweep.merge(args.merge)
+        except (OSError, ValueError) as err:
+            parser.error(f"--merge: {err}")
+        sweep.finish(report, args.output)
+        return 0
+    archs = None
+    if args.archs is not None:
+        archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
+        bad = sorted(set(archs) - {"gdn", "mamba2"})
+        if bad or not archs:
+            parser.error(f"--archs: unknown model(s) {bad or archs}; choose from gdn, mamba2")
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+        except ValueError:
+            parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+        if not seeds or min(seeds) < 0:
+            parser.error(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
+    grid = sweep.grid_with(
+        sweep.PRESETS[args.preset], archs=archs, seeds=seeds, steps=args.steps, batch_size=args.batch_size,
+        seq_len=args.seq_len, vocab_size=args.vocab_size,
+        widths=_list(parser, "--widths", args.widths, int), kv_pairs=_list(parser, "--kv-pairs", args.kv_pairs, int),
+        lrs=_list(parser, "--lrs", args.lrs, float), seed_widths=_list(parser, "--seed-widths", args.seed_widths, int),
+        form_widths=_list(parser, "--form-widths", args.form_widths, int),
+    )
+    for kv in grid.kv_pairs:
+        if grid.seq_len < 4 * kv:
+            parser.error(f"--seq-len {grid.seq_len} is too short for {kv} key-value pairs (needs >= {4 * kv})")
+        if kv > (grid.vocab_size - 1) // 2:
+            parser.error(f"--kv-pairs {kv} exceeds the {(grid.vocab_size - 1) // 2} keys of vocabulary {grid.vocab_size}")
+    runs = sweep.plan(grid)
+    if args.shard is not None:
+        try:
+            index, count = (int(x) for x in args.shard.split("/"))
+            runs = sweep.shard(runs, index, count)
+        except ValueError as err:
+            parser.error(f"--shard: expected I/N with 1 <= I <= N, got {args.shard!r} ({err})")
+    if args.list:
+        for run in runs:
+            print(run.key)
+        est = sweep.estimate_seconds(runs, args.assume_ms, args.workers)
+        print(f"{len(runs)} runs, {sum(r.steps for r in runs)} steps: ~{est:.0f} s of training at "
+              f"{args.assume_ms:g} ms/step with {args.workers} workers overlapping fully")
+        return 0
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    sweep.run_sweep(runs, args.output, device, workers=args.workers, deadline_s=args.deadline_s,
+                    meta={"preset": args.preset, "shard": args.shard, "grid": dataclasses.asdict(grid)})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -114,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err))
         run_demo(settings, output=args.output, progress=not args.no_progress)
         return 0
+    if args.command == "mqar":
+        return _mqar(parser, args)
     if args.command == "bench":
         parts = [p.strip() for p in args.parts.split(",") if p.strip()]
         unknown = sorted(set(parts) - {"kernels", "train", "decode"})

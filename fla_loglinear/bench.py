@@ -465,7 +465,7 @@ def _plot(train_rows: list[dict], decode_rows: list[dict], out: Path) -> list[st
     return written
 
 
-def run_bench(output: str | Path = "benchmarks/results", parts=("kernels", "train", "decode"),
+def run_bench(output: str | Path = "benchmarks/out", parts=("kernels", "train", "decode"),
               seq_lens=(2048, 8192, 32768), positions=(1024, 16384, 131072, 1048576), compile: bool = False,
               profile: bool = False) -> int:
     """Run the selected parts and write ``output``/{models.json, train.md, kernels.json, *.png} (and with

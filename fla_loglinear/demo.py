@@ -22,7 +22,10 @@ import torch.nn.functional as F
 from fla_loglinear.levels import num_levels
 from fla_loglinear.mqar import IGNORE_INDEX, MQARBatch, mqar_splits, vocab_layout
 
-__all__ = ["DemoSettings", "build_model", "log_linear_twin", "train_model", "evaluate", "generate_example", "run_demo"]
+__all__ = [
+    "DemoSettings", "Training", "build_model", "log_linear_twin", "train_model", "evaluate", "generate_example",
+    "run_demo", "fla_refuses_training", "progress_bar",
+]
 
 ARCHS = ("gdn", "mamba2")
 ARCH_NAMES = {"gdn": "Gated DeltaNet", "mamba2": "Mamba-2"}
@@ -144,19 +147,21 @@ def build_model(arch: str, settings: DemoSettings) -> torch.nn.Module:
     return model.to(settings.device)
 
 
-def log_linear_twin(model: torch.nn.Module, settings: DemoSettings) -> torch.nn.Module:
-    """A deep copy of the stock ``model`` converted to log-linear mode with every lambda 1.
+def log_linear_twin(
+    model: torch.nn.Module, settings: DemoSettings, lambda_init: str = "identity", lambda_form: str = "lowrank"
+) -> torch.nn.Module:
+    """A deep copy of the stock ``model`` converted to log-linear mode (identity init: every lambda 1).
 
-    The twin starts from the same weights and gives the same logits as ``model``; trained on the
-    same batches, any difference between the two comes from the learned lambdas.
+    The twin starts from the same weights as ``model`` (and, at the identity init, gives the same
+    logits); trained on the same batches, any difference between the two comes from the lambdas.
     """
     from fla_loglinear.patches import convert
 
     twin = copy.deepcopy(model)
-    # the lambda projection's random input map is drawn here: seed it so runs repeat
+    # the lambda projection's random parts are drawn here: seed them so runs repeat
     torch.manual_seed(settings.seed + 2)
     # as many lambdas as the sequence has Fenwick levels (the default 21 covers 1M tokens)
-    return convert(twin, num_levels=num_levels(settings.seq_len), lambda_init="identity")
+    return convert(twin, num_levels=num_levels(settings.seq_len), lambda_init=lambda_init, lambda_form=lambda_form)
 
 
 def _query_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -178,28 +183,62 @@ def _decays(name: str, p: torch.nn.Parameter) -> bool:
 
 
 def _param_groups(model: torch.nn.Module, s: DemoSettings) -> list[dict]:
-    named = list(model.named_parameters())
+    # frozen parameters (the sweep's frozen-lambda parent) are left out of the optimizer
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return [
         {"params": [p for n, p in named if _decays(n, p)], "weight_decay": s.weight_decay},
         {"params": [p for n, p in named if not _decays(n, p)], "weight_decay": 0.0},
     ]
 
 
-def train_model(model, train: MQARBatch, settings: DemoSettings, desc: str = "", progress: bool = True):
-    """AdamW on the query-position cross entropy; returns (per-step losses, seconds)."""
+@dataclass
+class Training:
+    """What :func:`train_model` measured: per-step losses, wall seconds, and ms per step after warm-up."""
+
+    losses: list[float]
+    seconds: float
+    ms_per_step: float
+
+
+def progress_bar(iterable, desc: str, progress: bool):
+    """tqdm bar that redraws at most every 5 s when stdout is not a terminal (logs, CI), 0.5 s on one."""
+    import sys
+
     from tqdm.auto import tqdm
 
+    interval = 0.5 if sys.stdout.isatty() else 5.0
+    return tqdm(iterable, desc=desc, unit="step", disable=not progress, dynamic_ncols=True,
+                mininterval=interval, maxinterval=max(10.0, interval))
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_model(model, train: MQARBatch, settings: DemoSettings, desc: str = "", progress: bool = True) -> Training:
+    """AdamW on the query-position cross entropy over the parameters that require grad.
+
+    Losses stay on the device until the end (a ``.item()`` per step would stall the queue of
+    kernel launches on every step); with a bar, the shown loss is read every 25 steps.  ``ms_per_step``
+    is timed from the end of the first tenth of the steps (at least one: Triton's compile) to the end.
+    """
     s = settings
     gen = torch.Generator().manual_seed(s.seed + 1)
     opt = torch.optim.AdamW(_param_groups(model, s), lr=s.lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, s))
     order = torch.randperm(len(train), generator=gen)
     cursor = 0
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
+    trained = [p for p in model.parameters() if p.requires_grad]
+    warm = max(1, s.steps // 10) if s.steps > 1 else 0
     model.train()
-    start = time.perf_counter()
-    bar = tqdm(range(s.steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5)
-    for _ in bar:
+    start = timed_from = time.perf_counter()
+    bar = progress_bar(range(s.steps), desc, progress)
+    for step in bar:
+        if step == warm:
+            _sync(s.device)
+            timed_from = time.perf_counter()
         if cursor + s.batch_size > len(order):
             order, cursor = torch.randperm(len(train), generator=gen), 0
         batch = train[order[cursor:cursor + s.batch_size]].to(s.device)
@@ -208,13 +247,16 @@ def train_model(model, train: MQARBatch, settings: DemoSettings, desc: str = "",
         loss = _query_loss(logits, batch.targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        losses.append(loss.detach())
+        if progress and (step % 25 == 0 or step == s.steps - 1):
+            bar.set_postfix(loss=f"{losses[-1].item():.3f}", refresh=False)
     bar.close()
-    return losses, time.perf_counter() - start
+    _sync(s.device)
+    end = time.perf_counter()
+    return Training(torch.stack(losses).float().tolist(), end - start, 1000 * (end - timed_from) / (s.steps - warm))
 
 
 @torch.no_grad()
@@ -374,7 +416,8 @@ def _run(s: DemoSettings, output, progress: bool) -> dict:
                              "skipped": refused})
                 print(f"{name}: {refused}")
                 continue
-            losses, seconds = train_model(model, train, s, desc=name, progress=progress)
+            training = train_model(model, train, s, desc=name, progress=progress)
+            losses, seconds = training.losses, training.seconds
             test_loss, acc = evaluate(model, test, s)
             tail = losses[-min(10, len(losses)):]
             rows.append({
@@ -386,7 +429,8 @@ def _run(s: DemoSettings, output, progress: bool) -> dict:
                 "test_loss": test_loss,
                 "accuracy": acc,
                 "losses": losses,
-                "timing": {"train_seconds": seconds, "steps_per_second": s.steps / seconds},
+                "timing": {"train_seconds": seconds, "steps_per_second": s.steps / seconds,
+                           "ms_per_step": training.ms_per_step},
             })
             if log_linear:
                 models[arch] = (name, model)

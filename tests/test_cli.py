@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fla_loglinear.demo as demo
-from fla_loglinear.__main__ import main
+from fla_loglinear.__main__ import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "4", "--seq-len", "32", "--batch-size", "4", "--kv-pairs", "4", "--device", "cpu", "--no-progress"]
@@ -36,6 +36,17 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["demo", "--unknown-flag"], "unrecognized arguments"),
         (["bench", "--parts", "kernels,foo"], "foo"),
         (["bench", "--seq-lens", "2048,0"], "--seq-lens"),
+        (["mqar", "--preset", "huge"], "invalid choice"),
+        (["mqar", "--workers", "0"], "positive integer"),
+        (["mqar", "--shard", "3/2", "--list"], "--shard"),
+        (["mqar", "--shard", "a/b", "--list"], "--shard"),
+        (["mqar", "--widths", "32,x", "--list"], "--widths"),
+        (["mqar", "--lrs", "0.001,-1", "--list"], "--lrs"),
+        (["mqar", "--seeds", "-1", "--list"], "--seeds"),
+        (["mqar", "--archs", "gdn,rwkv", "--list"], "rwkv"),
+        (["mqar", "--kv-pairs", "128", "--list"], "too short"),
+        (["mqar", "--vocab-size", "16", "--list"], "keys of vocabulary"),
+        (["mqar", "--merge", "/nonexistent.json"], "--merge"),
     ],
 )
 def test_bad_flags_exit_2_with_message(argv, message, capsys):
@@ -57,6 +68,14 @@ def test_bench_without_gpu_exits_2(monkeypatch, capsys):
     assert main(["bench"]) == 2
     err = capsys.readouterr().err
     assert "needs a CUDA GPU" in err
+
+
+def test_bench_writes_into_an_ignored_folder_by_default():
+    """New runs land in a git-ignored folder; benchmarks/results/ holds only runs cited on purpose."""
+    out = Path(build_parser().parse_args(["bench"]).output)
+    assert Path("benchmarks/results") not in (out, *out.parents)
+    ignored = [Path(line.strip().strip("/")) for line in (ROOT / ".gitignore").read_text().splitlines() if line.strip()]
+    assert any(p == out or p in out.parents for p in ignored), f"{out} is not in .gitignore"
 
 
 class _StubLM(torch.nn.Module):
@@ -170,6 +189,31 @@ def test_tiny_demo_end_to_end_is_deterministic(tmp_path):
         assert not (tmp_path / "0" / "loss_curves.png").exists()
     else:
         assert (tmp_path / "0" / "loss_curves.png").stat().st_size > 1000
+
+
+def test_demo_trainings_repeat_in_one_process():
+    """Two trainings of the real models with one seed, one after the other in this process: same numbers."""
+    from fla_loglinear.mqar import mqar_splits
+
+    s = demo.DemoSettings(seq_len=32, steps=3, batch_size=4, kv_pairs=4, hidden_size=32, num_test=8, seed=3)
+    train, test = mqar_splits(s.num_train, s.num_test, s.seq_len, s.kv_pairs, s.vocab_size, s.seed)
+    for arch in demo.ARCHS:
+        runs = []
+        for _ in range(2):
+            stock = demo.build_model(arch, s)
+            twin = demo.log_linear_twin(stock, s)
+            runs.append([(demo.train_model(m, train, s, progress=False).losses, demo.evaluate(m, test, s))
+                         for m in (stock, twin)])
+        assert runs[0] == runs[1], arch
+        assert runs[0][0][0] != runs[0][1][0]  # the stock model and its twin did train differently
+
+
+@pytest.mark.parametrize("tty, interval", [(True, 0.5), (False, 5.0)])
+def test_progress_bar_is_slow_off_a_terminal(monkeypatch, tty, interval):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty, raising=False)
+    bar = demo.progress_bar(range(3), "x", progress=True)
+    assert bar.mininterval == interval
+    bar.close()
 
 
 TINY_MODELS = {

@@ -1,6 +1,8 @@
 """The lambda (level scale) projection shared by both log-linear layers, and what the layers add to fla's."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -12,43 +14,65 @@ __all__ = [
     "DEFAULT_NUM_LEVELS",
     "DEFAULT_LAMBDA_RANK",
     "LAMBDA_INITS",
+    "LAMBDA_FORMS",
 ]
 
 # 21 levels cover 2 ** 20 tokens exactly; longer sequences share the last lambda (levels.clamp_level).
 DEFAULT_NUM_LEVELS = 21
 DEFAULT_LAMBDA_RANK = 32
 LAMBDA_INITS = ("identity", "random")
+# "lowrank": rank-lambda_rank bottleneck with a per-level bias; "paper": Guo et al.'s full-rank map
+LAMBDA_FORMS = ("lowrank", "paper")
 
 
-def check_log_linear_options(num_levels: int, lambda_rank: int, lambda_init: str) -> None:
+def check_log_linear_options(num_levels: int, lambda_rank: int, lambda_init: str, lambda_form: str = "lowrank") -> None:
     """Raises a ValueError naming the option when one of the log-linear options is not usable."""
     for name, value in (("num_levels", num_levels), ("lambda_rank", lambda_rank)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"log-linear option {name} must be an integer >= 1, got {value!r}")
     if lambda_init not in LAMBDA_INITS:
         raise ValueError(f"log-linear option lambda_init must be one of {LAMBDA_INITS}, got {lambda_init!r}")
+    if lambda_form not in LAMBDA_FORMS:
+        raise ValueError(f"log-linear option lambda_form must be one of {LAMBDA_FORMS}, got {lambda_form!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _softplus_zero(device: torch.device) -> torch.Tensor:
+    # softplus(0) computed by this device's own kernel, so softplus(z) / it is exactly 1 at z == 0;
+    # kept per device so each forward does not launch a fill and a softplus for one scalar
+    return F.softplus(torch.zeros((), device=device))
 
 
 class LevelScaleProjection(nn.Module):
-    r"""Per-token, per-head, per-level lambdas from the hidden states.
+    r"""Per-token, per-head, per-level lambdas from the hidden states, in one of two forms.
 
+    ``lambda_form="lowrank"`` (the default):
     ``lambda[..., h, l] = softplus(level_scale[h, l] * d[..., h, l] + level_bias[h, l]) / softplus(0)``
-    with ``d = weight_out @ (weight_in @ x)`` a rank-``lambda_rank`` projection: the paper's
-    "softplus of a learned per-head per-level scale times a projection of the input", kept small by
-    the bottleneck.  Dividing by ``softplus(0)`` makes ``d = 0, level_bias = 0`` give lambda = 1
-    exactly in any dtype, so the ``identity`` init (``weight_out = 0``) reproduces the linear
-    parent bit for bit; ``weight_in`` stays random so that ``weight_out`` gets a gradient at once.
-    ``random`` also draws ``weight_out``, so lambdas vary with the input from the start.
+    with ``d = weight_out @ (weight_in @ x)`` a rank-``lambda_rank`` projection, kept small by the
+    bottleneck.  ``identity`` sets ``weight_out = 0`` (``weight_in`` stays random so that
+    ``weight_out`` gets a gradient at once); ``random`` also draws ``weight_out``.
+
+    ``lambda_form="paper"`` (Guo et al.'s parameterisation):
+    ``lambda[..., h, l] = softplus(level_scale[h, l] * (weight @ x)[..., h, l]) / softplus(0)``
+    with ``weight`` a full-rank ``[heads * levels, hidden_size]`` map, no bias (``lambda_rank`` is
+    unused).  ``identity`` sets ``weight = 0``; ``random`` draws it with std ``hidden_size ** -0.5``.
+
+    Dividing by ``softplus(0)`` (which the paper does not) makes the ``identity`` init give
+    lambda = 1 exactly in any dtype, so the layer reproduces its linear parent bit for bit; in the
+    paper form this only rescales lambdas by the constant ``1 / log 2``, which the op's memory
+    absorbs.  ``level_scale`` starts at 1; it and ``level_bias`` are marked ``_no_weight_decay``.
 
     Not an ``nn.Linear``: fla's ``_init_weights`` re-draws every ``nn.Linear`` but calls
-    ``reset_parameters()`` on other modules, which keeps the intended init.
+    ``reset_parameters()`` on other modules, which keeps the intended init (and re-marks the
+    no-decay flags, which ``to_empty()`` drops with the old parameter objects).
 
     Args:
         hidden_size: input features.
         num_heads: heads lambdas are given for (value heads of the op).
         num_levels: ``L``, lambdas per head.
-        lambda_rank: bottleneck width of the projection.
+        lambda_rank: bottleneck width of the ``lowrank`` projection.
         lambda_init: ``"identity"`` or ``"random"``.
+        lambda_form: ``"lowrank"`` or ``"paper"``.
 
     Input ``[..., hidden_size]``; output ``[..., num_heads, num_levels]`` float32.
     """
@@ -60,44 +84,60 @@ class LevelScaleProjection(nn.Module):
         num_levels: int,
         lambda_rank: int,
         lambda_init: str = "identity",
+        lambda_form: str = "lowrank",
         device=None,
         dtype=None,
     ):
         super().__init__()
-        check_log_linear_options(num_levels, lambda_rank, lambda_init)
+        check_log_linear_options(num_levels, lambda_rank, lambda_init, lambda_form)
         factory = {"device": device, "dtype": dtype}
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.num_levels = num_levels
         self.lambda_rank = lambda_rank
         self.lambda_init = lambda_init
-        self.weight_in = nn.Parameter(torch.empty(lambda_rank, hidden_size, **factory))
-        self.weight_out = nn.Parameter(torch.empty(num_heads * num_levels, lambda_rank, **factory))
+        self.lambda_form = lambda_form
+        if lambda_form == "paper":
+            self.weight = nn.Parameter(torch.empty(num_heads * num_levels, hidden_size, **factory))
+        else:
+            self.weight_in = nn.Parameter(torch.empty(lambda_rank, hidden_size, **factory))
+            self.weight_out = nn.Parameter(torch.empty(num_heads * num_levels, lambda_rank, **factory))
+            self.level_bias = nn.Parameter(torch.empty(num_heads, num_levels, **factory))
         self.level_scale = nn.Parameter(torch.empty(num_heads, num_levels, **factory))
-        self.level_bias = nn.Parameter(torch.empty(num_heads, num_levels, **factory))
-        self.level_scale._no_weight_decay = True
-        self.level_bias._no_weight_decay = True
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # nn.init is looked up at call time: transformers swaps in versions that skip loaded weights.
-        nn.init.normal_(self.weight_in, mean=0.0, std=self.hidden_size ** -0.5)
-        if self.lambda_init == "identity":
-            nn.init.zeros_(self.weight_out)
+        random = self.lambda_init == "random"
+        if self.lambda_form == "paper":
+            if random:
+                nn.init.normal_(self.weight, mean=0.0, std=self.hidden_size ** -0.5)
+            else:
+                nn.init.zeros_(self.weight)
         else:
-            nn.init.normal_(self.weight_out, mean=0.0, std=self.lambda_rank ** -0.5)
+            nn.init.normal_(self.weight_in, mean=0.0, std=self.hidden_size ** -0.5)
+            if random:
+                nn.init.normal_(self.weight_out, mean=0.0, std=self.lambda_rank ** -0.5)
+            else:
+                nn.init.zeros_(self.weight_out)
+            nn.init.zeros_(self.level_bias)
+            self.level_bias._no_weight_decay = True
         nn.init.ones_(self.level_scale)
-        nn.init.zeros_(self.level_bias)
+        self.level_scale._no_weight_decay = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = F.linear(F.linear(x, self.weight_in), self.weight_out).float()
-        d = d.unflatten(-1, (self.num_heads, self.num_levels))
-        lam = F.softplus(self.level_scale.float() * d + self.level_bias.float())
-        return lam / F.softplus(lam.new_zeros(()))
+        if self.lambda_form == "paper":
+            d = F.linear(x, self.weight).unflatten(-1, (self.num_heads, self.num_levels))
+            z = d.float() * self.level_scale.float()
+        else:
+            d = F.linear(F.linear(x, self.weight_in), self.weight_out).unflatten(-1, (self.num_heads, self.num_levels))
+            z = torch.addcmul(self.level_bias.float(), self.level_scale.float(), d.float())
+        return F.softplus(z) / _softplus_zero(z.device)
 
     def extra_repr(self) -> str:
+        rank = f"lambda_rank={self.lambda_rank}, " if self.lambda_form == "lowrank" else ""
         return (f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_levels={self.num_levels}, "
-                f"lambda_rank={self.lambda_rank}, lambda_init={self.lambda_init!r}")
+                f"{rank}lambda_init={self.lambda_init!r}, lambda_form={self.lambda_form!r}")
 
 
 class LogLinearMixin:
@@ -116,17 +156,18 @@ class LogLinearMixin:
         num_levels: int = DEFAULT_NUM_LEVELS,
         lambda_rank: int = DEFAULT_LAMBDA_RANK,
         lambda_init: str = "identity",
+        lambda_form: str = "lowrank",
         **kwargs,
     ):
         # the fla parent builds its layer first: the projection sizes follow its heads
         super().__init__(*args, **kwargs)
-        self._init_log_linear(num_levels, lambda_rank, lambda_init)
+        self._init_log_linear(num_levels, lambda_rank, lambda_init, lambda_form)
 
-    def _init_log_linear(self, num_levels: int, lambda_rank: int, lambda_init: str) -> None:
+    def _init_log_linear(self, num_levels: int, lambda_rank: int, lambda_init: str, lambda_form: str) -> None:
         ref = next(self.parameters())
         self.num_levels = num_levels
         self.level_proj = LevelScaleProjection(
-            self.hidden_size, getattr(self, self._lambda_heads), num_levels, lambda_rank, lambda_init,
+            self.hidden_size, getattr(self, self._lambda_heads), num_levels, lambda_rank, lambda_init, lambda_form,
             device=ref.device, dtype=ref.dtype,
         )
 
@@ -137,6 +178,7 @@ class LogLinearMixin:
         num_levels: int = DEFAULT_NUM_LEVELS,
         lambda_rank: int = DEFAULT_LAMBDA_RANK,
         lambda_init: str = "identity",
+        lambda_form: str = "lowrank",
     ):
         """Turns a stock fla layer into this log-linear layer in place and returns it.
 
@@ -149,8 +191,8 @@ class LogLinearMixin:
                 f"{cls.__name__}.from_stock needs a {cls._stock_class.__module__}.{cls._stock_class.__name__}, "
                 f"got {type(layer).__module__}.{type(layer).__name__}"
             )
-        check_log_linear_options(num_levels, lambda_rank, lambda_init)
+        check_log_linear_options(num_levels, lambda_rank, lambda_init, lambda_form)
         # same attributes plus level_proj: swapping the class keeps every existing parameter object.
         layer.__class__ = cls
-        layer._init_log_linear(num_levels, lambda_rank, lambda_init)
+        layer._init_log_linear(num_levels, lambda_rank, lambda_init, lambda_form)
         return layer

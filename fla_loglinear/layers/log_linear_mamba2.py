@@ -38,8 +38,9 @@ class LogLinearMamba2(LogLinearMixin, Mamba2):
 
     Args:
         num_levels: lambdas per head (``L``); longer sequences than ``2 ** (L - 1)`` share the last.
-        lambda_rank: bottleneck width of the lambda projection.
+        lambda_rank: bottleneck width of the ``lowrank`` lambda projection.
         lambda_init: ``"identity"`` (every lambda 1 at init: the layer equals its parent) or ``"random"``.
+        lambda_form: ``"lowrank"`` (bottleneck + bias) or ``"paper"`` (full-rank, Guo et al.).
         *args, **kwargs: :class:`~fla.layers.Mamba2`'s arguments.
     """
 
@@ -50,6 +51,10 @@ class LogLinearMamba2(LogLinearMixin, Mamba2):
         """Causal depthwise conv over ``[B, T, C]`` continuing the window ``conv_state`` (last inputs)."""
         K = self.conv_kernel_size
         x = xBC.transpose(1, 2)
+        if conv_state is None and not use_cache:
+            # training / uncached prefill: the conv's own zero padding, no zeros + cat launches
+            out = F.conv1d(x, self.conv1d.weight, self.conv1d.bias, padding=K - 1, groups=self.conv_dim)
+            return self.act(out[..., : x.shape[-1]]).transpose(1, 2), None
         history = conv_state[..., 1:].to(x) if conv_state is not None else x.new_zeros(*x.shape[:2], K - 1)
         window = torch.cat([history, x], dim=-1)
         out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)

@@ -17,6 +17,7 @@ from fla_loglinear.layers.level_scales import DEFAULT_LAMBDA_RANK, DEFAULT_NUM_L
 
 __all__ = [
     "LOG_LINEAR_FIELDS",
+    "FIELD_OPTIONS",
     "GatedDeltaNetLogLinearConfig",
     "Mamba2LogLinearConfig",
     "LOG_LINEAR_CONFIGS",
@@ -32,6 +33,15 @@ LOG_LINEAR_FIELDS = {
     "log_linear_levels": DEFAULT_NUM_LEVELS,
     "log_linear_lambda_rank": DEFAULT_LAMBDA_RANK,
     "log_linear_lambda_init": "identity",
+    "log_linear_lambda_form": "lowrank",
+}
+
+# config field -> the layer option it sets
+FIELD_OPTIONS = {
+    "log_linear_levels": "num_levels",
+    "log_linear_lambda_rank": "lambda_rank",
+    "log_linear_lambda_init": "lambda_init",
+    "log_linear_lambda_form": "lambda_form",
 }
 
 
@@ -73,14 +83,11 @@ def unlock_field(value):
 
 
 def log_linear_options(config) -> dict | None:
-    """The layer options of a log-linear config (``num_levels``, ``lambda_rank``, ``lambda_init``), else None."""
+    """The layer options of a log-linear config (``num_levels``, ``lambda_rank``, ``lambda_init``,
+    ``lambda_form``), else None.  Configs saved before ``log_linear_lambda_form`` existed are ``lowrank``."""
     if not getattr(config, "log_linear", False):
         return None
-    opts = {
-        "num_levels": getattr(config, "log_linear_levels", DEFAULT_NUM_LEVELS),
-        "lambda_rank": getattr(config, "log_linear_lambda_rank", DEFAULT_LAMBDA_RANK),
-        "lambda_init": getattr(config, "log_linear_lambda_init", "identity"),
-    }
+    opts = {option: getattr(config, field, LOG_LINEAR_FIELDS[field]) for field, option in FIELD_OPTIONS.items()}
     check_log_linear_options(**opts)
     return opts
 
@@ -93,13 +100,13 @@ def _check_fields(config, fields: dict) -> None:
             f"config option log_linear=True is not supported for {type(config).__module__}.{type(config).__name__} "
             f"(model_type {type(config).model_type!r}); supported: {sorted(c.__name__ for c in _SUPPORTED)}"
         )
-    try:
-        check_log_linear_options(
-            fields["log_linear_levels"], fields["log_linear_lambda_rank"], fields["log_linear_lambda_init"]
-        )
-    except ValueError as error:
-        raise ValueError(f"config: {error} (fields log_linear_levels / log_linear_lambda_rank / "
-                         f"log_linear_lambda_init)") from None
+    defaults = {option: LOG_LINEAR_FIELDS[field] for field, option in FIELD_OPTIONS.items()}
+    # one field at a time (the others at their defaults), so the error names the culprit
+    for field, option in FIELD_OPTIONS.items():
+        try:
+            check_log_linear_options(**{**defaults, option: fields[field]})
+        except ValueError as error:
+            raise ValueError(f"config field {field}: {error}") from None
 
 
 def wrap_config_init(original):

@@ -162,7 +162,8 @@ def patch(cpu: bool = True) -> None:
     """Make fla's Mamba-2 / Gated DeltaNet configs understand ``log_linear=True``. Idempotent.
 
     Config fields (defaults): ``log_linear`` (False), ``log_linear_levels`` (21),
-    ``log_linear_lambda_rank`` (32), ``log_linear_lambda_init`` (``"identity"`` | ``"random"``).
+    ``log_linear_lambda_rank`` (32), ``log_linear_lambda_init`` (``"identity"`` | ``"random"``),
+    ``log_linear_lambda_form`` (``"lowrank"`` | ``"paper"``).
     Also routes fla's own ``LogLinearMamba2`` model to our scalar op, and (unless ``cpu=False``)
     gives fla's Triton-only modules a PyTorch path taken only for CPU tensors
     (``patches.cpu.patch_cpu``), so fla models run on a CPU; GPU paths are untouched.
@@ -200,7 +201,13 @@ def unpatch() -> None:
         record.undo()
 
 
-def convert(model, num_levels: int | None = None, lambda_rank: int | None = None, lambda_init: str = "identity"):
+def convert(
+    model,
+    num_levels: int | None = None,
+    lambda_rank: int | None = None,
+    lambda_init: str = "identity",
+    lambda_form: str = "lowrank",
+):
     """Turn a built or loaded stock fla Mamba-2 / Gated DeltaNet model into log-linear mode, in place.
 
     Every fla mixer (softmax-attention layers of a hybrid GDN stay as they are) gains a lambda
@@ -213,6 +220,8 @@ def convert(model, num_levels: int | None = None, lambda_rank: int | None = None
         num_levels: lambdas per head (default 21: every level of 2 ** 20 tokens).
         lambda_rank: bottleneck width of the lambda projection (default 32).
         lambda_init: ``"identity"`` or ``"random"``.
+        lambda_form: ``"lowrank"`` (bottleneck + bias) or ``"paper"`` (Guo et al.'s full-rank map);
+            see :class:`~fla_loglinear.layers.LevelScaleProjection`.
 
     Returns:
         ``model``.
@@ -222,7 +231,7 @@ def convert(model, num_levels: int | None = None, lambda_rank: int | None = None
 
     num_levels = DEFAULT_NUM_LEVELS if num_levels is None else num_levels
     lambda_rank = DEFAULT_LAMBDA_RANK if lambda_rank is None else lambda_rank
-    check_log_linear_options(num_levels, lambda_rank, lambda_init)
+    check_log_linear_options(num_levels, lambda_rank, lambda_init, lambda_form)
     patch()
     families = [(family, _resolve(family)) for family in _FAMILIES]
     match = [(f, c) for f, c in families if type(model) in (c["causal_lm"], c["base_model"])]
@@ -237,9 +246,11 @@ def convert(model, num_levels: int | None = None, lambda_rank: int | None = None
         if isinstance(module, cls["block"]):
             mixer = getattr(module, family.mixer_attr)
             if type(mixer) is cls["layer"]._stock_class:
-                cls["layer"].from_stock(mixer, num_levels=num_levels, lambda_rank=lambda_rank, lambda_init=lambda_init)
+                cls["layer"].from_stock(mixer, num_levels=num_levels, lambda_rank=lambda_rank,
+                                        lambda_init=lambda_init, lambda_form=lambda_form)
     model.config.log_linear = True
     model.config.log_linear_levels = num_levels
     model.config.log_linear_lambda_rank = lambda_rank
     model.config.log_linear_lambda_init = lambda_init
+    model.config.log_linear_lambda_form = lambda_form
     return model
