@@ -22,12 +22,8 @@ from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_log_linear_gated
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import (chunk_inter_bwd, chunk_inter_fwd,
                                                                        chunk_inter_replay)
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, from_tokens, make_layout
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import (
-    ChunkLocalFusedFunction,
-    chunk_local_fused_fwd,
-    pad_tokens,
-    wy_prep,
-)
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import local_part_bwd, local_part_fwd
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import pad_tokens, wy_prep
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import _l2norm
 
 H, D, TOKENS = 16, 128, 32768
@@ -84,7 +80,7 @@ def profile(T: int) -> None:
     row("chunk_local_fwd (PyTorch, fp32)",
         lambda: chunk_local_fwd(qn, kn, v, g, beta, lam, scale, layout, torch.float32))
     row("chunk_local_fused_fwd (fla WY + Triton)",
-        lambda: chunk_local_fused_fwd(qn, kn, v, g, beta, lam, scale, layout, torch.float32))
+        lambda: local_part_fwd(qn, kn, v, g, beta, lam, scale, layout, True))
     pk, pg, pb = pad_tokens(kn, layout), pad_tokens(g, layout), pad_tokens(beta, layout)
     row("  of which wy_prep (fla cumsum, kkt, solve_tril)", lambda: wy_prep(pk[None], pg[None], pb[None]))
     o_intra, qe, w, kd, u, gamma, omega, end_keys = chunk_local_fwd(qn, kn, v, g, beta, lam, scale, layout,
@@ -110,11 +106,9 @@ def profile(T: int) -> None:
     gouts = [torch.randn_like(x) for x in diff]
     row("chunk_local autograd bwd (PyTorch)",
         lambda: torch.autograd.grad(diff, loc_in, gouts, retain_graph=True, allow_unused=True))
-    fin = [pad_tokens(x, layout).detach().requires_grad_(True) for x in (qn, kn, v, g, beta, lam)]
-    fouts = ChunkLocalFusedFunction.apply(*fin, scale, layout)
-    fgouts = [torch.randn_like(x) for x in fouts]
-    row("chunk_local_fused bwd (Triton)",
-        lambda: torch.autograd.grad(fouts, fin, fgouts, retain_graph=True))
+    fouts, fres = local_part_fwd(qn, kn, v, g, beta, lam, scale, layout, True)
+    fgouts = [None if x is None else torch.randn_like(x) for x in fouts]
+    row("chunk_local_fused bwd (Triton)", lambda: local_part_bwd(fres, fgouts, scale, layout, True, B, T))
 
     print(" fla for scale")
     try:

@@ -361,14 +361,15 @@ def local_inputs(B, T, HV, K, V, L, dtype, seed):
 
 
 def check_fused_local(B, T, HV, K, V, L, start, cu, dtype, tol, device="cpu", seed=20):
+    """The fused local part's forward and backward launchers against autograd over the PyTorch one (float64)."""
+    from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import local_part_bwd, local_part_fwd
     from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, make_layout
-    from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import chunk_local_fused_fwd
 
-    ins = [x.detach().to(device).requires_grad_(True) for x in local_inputs(B, T, HV, K, V, L, dtype, seed)]
+    ins = [x.detach().to(device) for x in local_inputs(B, T, HV, K, V, L, dtype, seed)]
     ref_in = [x.detach().double().requires_grad_(True) for x in ins]
     cu = None if cu is None else torch.tensor(cu, device=device)
     layout = make_layout(B, T, cu, start, device)
-    got = chunk_local_fused_fwd(*ins, 0.3, layout, torch.float32)
+    got, residuals = local_part_fwd(*ins, 0.3, layout, True)
     want = chunk_local_fwd(*ref_in, 0.3, layout, torch.float64)
     names = ["o_intra", "qe", "w", "kd", "u", "gamma", "omega", "end_keys"]
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
@@ -380,11 +381,11 @@ def check_fused_local(B, T, HV, K, V, L, start, cu, dtype, tol, device="cpu", se
             assert a.shape == b.shape, name
             assert_close(a, b, tol, name)
 
-    def loss(outs):
-        return sum((x.double() * w).sum() for x, w in zip(outs, weights) if x is not None)
-
-    for name, a, b in zip(["q", "k", "v", "g", "beta", "lam"], torch.autograd.grad(loss(got), ins),
-                          torch.autograd.grad(loss(want), ref_in)):
+    douts = [None if a is None else wt.to(a.dtype) for a, wt in zip(got, weights)]
+    loss = sum((x * wt).sum() for x, wt, a in zip(want, weights, got) if a is not None)
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "lam"], local_part_bwd(residuals, douts, 0.3, layout, True, B, T),
+                          torch.autograd.grad(loss, ref_in)):
+        assert a.dtype == dtype, name
         assert_close(a, b, tol, f"d{name}")
 
 

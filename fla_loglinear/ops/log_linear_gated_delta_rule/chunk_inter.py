@@ -31,7 +31,7 @@ import triton.language as tl
 
 from fla_loglinear.ops.triton_env import dot_precision, interpreter_on
 
-__all__ = ["ChunkInterFunction", "chunk_inter", "grads_launches", "reloads_operands"]
+__all__ = ["chunk_inter_fwd", "chunk_inter_bwd", "grads_launches", "reloads_operands"]
 
 _INTERPRET = interpreter_on()
 
@@ -735,33 +735,3 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, chunk_meta):
     fork.join()
     grads(2 if split else 0)
     return dqe, dw, dkd, du, dgam, dom, dh
-
-
-class ChunkInterFunction(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, qe, w, kd, u, gam, om, o_intra, h0, meta, out_dtype):
-        # an unused final state gets no gradient rather than a zero-filled one
-        ctx.set_materialize_grads(False)
-        o, ht, chunk_meta = chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype)
-        ctx.save_for_backward(qe, w, kd, u, gam, om, h0, *chunk_meta)
-        ctx.meta = meta
-        return o, ht
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        qe, w, kd, u, gam, om, h0, *chunk_meta = ctx.saved_tensors
-        if do is None:  # only the final state was used
-            do = torch.zeros(qe.shape[0] * qe.shape[2], qe.shape[1], u.shape[-1], dtype=u.dtype, device=u.device)
-        # every gradient comes back in its input's dtype (the kernels store it so)
-        dqe, dw, dkd, du, dgam, dom, dh0 = chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, ctx.meta,
-                                                          chunk_meta)
-        # o = o_intra + the slots' part
-        return dqe, dw, dkd, du, dgam, dom, do, dh0 if h0 is not None else None, None, None
-
-
-def chunk_inter(qe, w, kd, u, gam, om, o_intra, h0, meta, out_dtype):
-    """``(o, final slots)``: the op's output ``o_intra`` + the sequential sweep's part, ``[NC * C, HV, V]``
-    padded token rows in ``out_dtype``; differentiable in every tensor input."""
-    qe, w, kd, u, gam, om, o_intra = (x.contiguous() for x in (qe, w, kd, u, gam, om, o_intra))
-    return ChunkInterFunction.apply(qe, w, kd, u, gam, om, o_intra, h0, meta, out_dtype)

@@ -29,7 +29,8 @@ import torch
 
 from fla_loglinear.levels import bit_length, level_matrix, state_slot_weights
 
-__all__ = ["ChunkLayout", "make_layout", "to_chunks", "from_tokens", "chunk_local_fwd", "end_chunk_keys"]
+__all__ = ["ChunkLayout", "make_layout", "to_chunks", "from_tokens", "chunk_local_fwd", "end_chunk_keys",
+           "partial_end_keep"]
 
 
 @dataclass
@@ -56,7 +57,9 @@ def make_layout(B: int, T: int, cu_seqlens, positions, device, C: int = 64) -> C
     stream synchronisation, and cached per (shape, offsets, starts, device): every layer of a model,
     and every training step of fixed shapes, reuses it.  Its tensors are shared, so read-only.
     """
-    offs = None if cu_seqlens is None else tuple(cu_seqlens.tolist())
+    if isinstance(cu_seqlens, torch.Tensor):
+        cu_seqlens = cu_seqlens.tolist()
+    offs = None if cu_seqlens is None else tuple(int(x) for x in cu_seqlens)
     starts = None if positions is None else tuple(int(p) for p in positions)
     return _make_layout(B, T, offs, starts, torch.device(device), C)
 
@@ -200,6 +203,15 @@ def end_chunk_keys(k, v, g, beta, L: int, layout: ChunkLayout, dtype: torch.dtyp
     tinv = torch.linalg.solve_triangular(a, eye.expand_as(a), upper=False, unitriangular=True)
     kd = (G[..., -1:] - G).exp()[..., None] * kl
     inside = (layout.pos_end % C != 0).to(dtype)
-    keep = torch.ones(NC, dtype=dtype, device=k.device).index_put((last,), 1 - inside)
     carry = kd.transpose(-1, -2) @ tinv
-    return _end_keys(carry, bl[..., None] * vl, inside, L, layout), keep
+    return _end_keys(carry, bl[..., None] * vl, inside, L, layout), partial_end_keep(layout, dtype)
+
+
+def partial_end_keep(layout: ChunkLayout, dtype: torch.dtype) -> torch.Tensor | None:
+    """``keep [NC]``: 0 for the chunks whose sequence ends inside them (their keys go to the final
+    state through ``end_keys``), 1 elsewhere; ``None`` when no sequence ends inside a chunk."""
+    if not layout.partial_end:
+        return None
+    last = (layout.chunk_offsets[1:] - 1).long()
+    inside = (layout.pos_end % layout.C != 0).to(dtype)
+    return torch.ones(layout.NC, dtype=dtype, device=inside.device).index_put((last,), 1 - inside)

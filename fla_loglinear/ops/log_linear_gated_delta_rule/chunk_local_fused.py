@@ -42,10 +42,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import ChunkLayout, end_chunk_keys
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import ChunkLayout
 from fla_loglinear.ops.triton_env import dot_precision
 
-__all__ = ["ChunkLocalFusedFunction", "chunk_local_fused_fwd", "wy_prep", "wy_prep_torch", "pad_tokens"]
+__all__ = ["chunk_local_fused_fwd", "chunk_local_fused_bwd", "wy_prep", "wy_prep_torch", "pad_tokens"]
 
 RCP_LN2 = 1.0 / math.log(2.0)
 # log2 of the chunk size: in-chunk levels are 0 .. LOG_C
@@ -365,73 +365,62 @@ def _launch_args(lam, layout):
     return L, min(L, LOG_C + 1), a_off
 
 
-class ChunkLocalFusedFunction(torch.autograd.Function):
-    """Padded-token inputs ``[NC * C, HV, ...]`` -> ``(o_intra, qe, w, kd, u, gamma, omega)``, ``o_intra``
-    in the same token rows, the rest ``[NC, HV, C, ...]``."""
+def chunk_local_fused_fwd(q, k, v, g, beta, lam, scale: float, layout: ChunkLayout):
+    """The fused forward on padded token rows ``[NC * C, HV, ...]`` (q, k, v in one dtype).
 
-    @staticmethod
-    def forward(ctx, q, k, v, g, beta, lam, scale, layout):
-        NT, HV, K = k.shape
-        V = v.shape[-1]
-        C, NC = layout.C, layout.NC
-        L, NLI, a_off = _launch_args(lam, layout)
-        BK, BV, prec = _config(K, V, k.dtype)
-        G2, A = wy_prep(k[None], g[None], beta[None], C)
-        G2, A = G2[0], A[0]
-        dev, mm = k.device, k.dtype
-        # in the input dtype, like the op's output: the slot sweep adds its part in fp32, and the
-        # output's gradient reaches the backward without a cast
-        o = torch.empty(NT, HV, V, dtype=mm, device=dev)
-        qe = torch.empty(NC, HV, C, K, dtype=mm, device=dev)
-        w = torch.empty_like(qe)
-        kd = torch.empty_like(qe)
-        u = torch.empty(NC, HV, C, V, dtype=mm, device=dev)
-        gam = torch.empty(NC, HV, dtype=torch.float32, device=dev)
-        om = torch.empty(NC, HV, C, L, dtype=torch.float32, device=dev)
-        chunk_local_fused_fwd_kernel[(NC, HV)](
-            q, k, v, G2, beta, A, lam, a_off, o, qe, w, kd, u, gam, om, NC, scale,
-            L, HV=HV, K=K, V=V, NLI=NLI, C=C, BK=BK, BV=BV, PREC=prec, num_warps=NUM_WARPS,
-        )
-        ctx.save_for_backward(q, k, v, G2, beta, A, lam, a_off)
-        ctx.scale, ctx.layout = scale, layout
-        ctx.dtypes = (q.dtype, k.dtype, v.dtype, g.dtype, beta.dtype, lam.dtype)
-        return o, qe, w, kd, u, gam, om
+    Returns ``(o_intra, qe, w, kd, u, gamma, omega)`` (``o_intra`` in the token rows, the rest
+    ``[NC, HV, C, ...]``) and what :func:`chunk_local_fused_bwd` needs besides the inputs:
+    ``(G2, A, a_off)``.
+    """
+    NT, HV, K = k.shape
+    V = v.shape[-1]
+    C, NC = layout.C, layout.NC
+    L, NLI, a_off = _launch_args(lam, layout)
+    BK, BV, prec = _config(K, V, k.dtype)
+    G2, A = wy_prep(k[None], g[None], beta[None], C)
+    G2, A = G2[0], A[0]
+    dev, mm = k.device, k.dtype
+    # in the input dtype, like the op's output: the slot sweep adds its part in fp32, and the
+    # output's gradient reaches the backward without a cast
+    o = torch.empty(NT, HV, V, dtype=mm, device=dev)
+    qe = torch.empty(NC, HV, C, K, dtype=mm, device=dev)
+    w = torch.empty_like(qe)
+    kd = torch.empty_like(qe)
+    u = torch.empty(NC, HV, C, V, dtype=mm, device=dev)
+    gam = torch.empty(NC, HV, dtype=torch.float32, device=dev)
+    om = torch.empty(NC, HV, C, L, dtype=torch.float32, device=dev)
+    chunk_local_fused_fwd_kernel[(NC, HV)](
+        q, k, v, G2, beta, A, lam, a_off, o, qe, w, kd, u, gam, om, NC, scale,
+        L, HV=HV, K=K, V=V, NLI=NLI, C=C, BK=BK, BV=BV, PREC=prec, num_warps=NUM_WARPS,
+    )
+    return (o, qe, w, kd, u, gam, om), (G2, A, a_off)
 
-    @staticmethod
-    def backward(ctx, do, dqe, dw, dkd, du, dgam, dom):
-        q, k, v, G2, beta, A, lam, a_off = ctx.saved_tensors
-        NT, HV, K = k.shape
-        V = v.shape[-1]
-        C, NC = ctx.layout.C, ctx.layout.NC
-        L = lam.shape[-1]
-        BK, BV, prec = _config(K, V, k.dtype, bwd=True)
 
-        def grad_or_zeros(x, *shape):
-            if x is None:
-                return torch.zeros(*shape, dtype=torch.float32, device=k.device)
-            return x.contiguous()
-
-        do = grad_or_zeros(do, NT, HV, V)
-        dqe, dw, dkd = (grad_or_zeros(x, NC, HV, C, K) for x in (dqe, dw, dkd))
-        du = grad_or_zeros(du, NC, HV, C, V)
-        dgam = grad_or_zeros(dgam, NC, HV)
-        dom = grad_or_zeros(dom, NC, HV, C, L)
-        f32 = dict(dtype=torch.float32, device=k.device)
-        # written once each, so straight in the inputs' dtypes (no fp32 copies to cast)
-        dq = torch.empty(NT, HV, K, dtype=q.dtype, device=k.device)
-        dk = torch.empty(NT, HV, K, dtype=k.dtype, device=k.device)
-        dv = torch.empty(NT, HV, V, dtype=v.dtype, device=k.device)
-        dg = torch.empty(NT, HV, **f32)
-        db = torch.empty(NT, HV, **f32)
-        dlam = torch.empty(NT, HV, L, **f32)
-        chunk_local_fused_bwd_kernel[(NC, HV)](
-            q, k, v, G2, beta, A, lam, a_off,
-            do, dqe, dw, dkd, du, dgam, dom,
-            dq, dk, dv, dg, db, dlam, NC, ctx.scale,
-            L, HV=HV, K=K, V=V, NLI=min(L, LOG_C + 1), C=C, BK=BK, BV=BV, PREC=prec, num_warps=BWD_NUM_WARPS,
-        )
-        grads = [x.to(dt) for x, dt in zip((dq, dk, dv, dg, db, dlam), ctx.dtypes)]
-        return (*grads, None, None)
+def chunk_local_fused_bwd(q, k, v, G2, beta, A, lam, a_off, do, dqe, dw, dkd, du, dgam, dom, scale: float,
+                          layout: ChunkLayout):
+    """Gradients of :func:`chunk_local_fused_fwd`'s outputs -> ``(dq, dk, dv, dg, dbeta, dlam)``, the first
+    three in the inputs' dtype, the last three fp32 (the caller casts them to its inputs' dtypes)."""
+    NT, HV, K = k.shape
+    V = v.shape[-1]
+    C, NC = layout.C, layout.NC
+    L = lam.shape[-1]
+    BK, BV, prec = _config(K, V, k.dtype, bwd=True)
+    do, dqe, dw, dkd, du, dgam, dom = (x.contiguous() for x in (do, dqe, dw, dkd, du, dgam, dom))
+    f32 = dict(dtype=torch.float32, device=k.device)
+    # written once each, so straight in the inputs' dtypes (no fp32 copies to cast)
+    dq = torch.empty(NT, HV, K, dtype=q.dtype, device=k.device)
+    dk = torch.empty(NT, HV, K, dtype=k.dtype, device=k.device)
+    dv = torch.empty(NT, HV, V, dtype=v.dtype, device=k.device)
+    dg = torch.empty(NT, HV, **f32)
+    db = torch.empty(NT, HV, **f32)
+    dlam = torch.empty(NT, HV, L, **f32)
+    chunk_local_fused_bwd_kernel[(NC, HV)](
+        q, k, v, G2, beta, A, lam, a_off,
+        do, dqe, dw, dkd, du, dgam, dom,
+        dq, dk, dv, dg, db, dlam, NC, scale,
+        L, HV=HV, K=K, V=V, NLI=min(L, LOG_C + 1), C=C, BK=BK, BV=BV, PREC=prec, num_warps=BWD_NUM_WARPS,
+    )
+    return dq, dk, dv, dg, db, dlam
 
 
 def pad_tokens(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
@@ -440,20 +429,3 @@ def pad_tokens(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
     if layout.identity:
         return flat.contiguous()
     return flat.new_zeros(layout.NC * layout.C, *x.shape[2:]).index_copy(0, layout.slot_idx, flat)
-
-
-def chunk_local_fused_fwd(q, k, v, g, beta, level_scales, scale: float, layout: ChunkLayout, dtype: torch.dtype):
-    """Drop-in for :func:`.chunk_local.chunk_local_fwd` on bf16 / fp16 / fp32 inputs.
-
-    Returns the same ``(o_intra, qe, w, kd, u, gamma, omega, end_keys)``, with ``o_intra`` and
-    ``qe, w, kd, u`` in the input dtype (the op's output dtype and the slot scan's matmul dtype) and
-    the rest in ``dtype`` (fp32).
-    """
-    mm = v.dtype
-    q, k, v = (pad_tokens(x.to(mm), layout) for x in (q, k, v))
-    g, beta, lam = (pad_tokens(x, layout) for x in (g, beta, level_scales))
-    o, qe, w, kd, u, gam, om = ChunkLocalFusedFunction.apply(q, k, v, g, beta, lam, scale, layout)
-    end_keys, keep = end_chunk_keys(k, v, g, beta, lam.shape[-1], layout, dtype)
-    if keep is not None:
-        u = u * keep[:, None, None, None].to(u.dtype)
-    return o, qe, w, kd, u, gam.to(dtype), om.to(dtype), end_keys
