@@ -29,11 +29,16 @@ import torch
 import triton
 import triton.language as tl
 
-from fla_loglinear.ops.triton_env import dot_precision, interpreter_on
+from fla_loglinear.ops.log_linear_gated_delta_rule.plan import (
+    GDNLaunchPlan,
+    device_index,
+    grads_launches,
+    out_blocks,
+    reloads_operands,
+)
+from fla_loglinear.ops.triton_env import dot_precision
 
-__all__ = ["chunk_inter_fwd", "chunk_inter_bwd", "grads_launches", "reloads_operands"]
-
-_INTERPRET = interpreter_on()
+__all__ = ["chunk_inter_fwd", "chunk_inter_bwd"]
 
 
 @triton.jit
@@ -390,108 +395,6 @@ def chunk_inter_grads_kernel(
             tl.store(dkd + p_ck, b_dkd.to(dkd.dtype.element_ty), mask=m_ck)
 
 
-def _blocks(K: int, V: int):
-    """``(BK, BV, num_warps)`` of the per-chunk gradient kernel, whose V loop runs inside."""
-    BK = max(16, triton.next_power_of_2(K))
-    num_warps = 8 if BK >= 128 else 4
-    # With 8 warps Triton splits the columns of a [64, BV] product over two warpgroups; BV = 16
-    # becomes 8-column TF32 wgmma (fp32 inputs), which can read shared memory past its operand
-    # (triton-lang/triton#10629): the likely illegal memory access of run 4 (ac67723's BV = 16).
-    # Columns past V are masked, so V = 16 just takes a 32-wide block.
-    min_bv = 32 if num_warps == 8 else 16
-    if _INTERPRET:
-        BV = max(min_bv, triton.next_power_of_2(V))
-    else:
-        BV = max(min_bv, min(triton.next_power_of_2(V), 32 if K >= 128 else 64))
-    return BK, BV, num_warps
-
-
-# V block width of the per-chunk gradient kernel with 16-bit tiles at K = 128 (None: :func:`_blocks`').
-# Results run 43 (bf16 fwd+bwd at 64K, mean of 3-4 passes): 35.25 ms at 64 against 36.37 at 32 and
-# 37.82 at 128; shared memory 115 KB at 64 (tests/ops/sm90.py).
-GRADS_BV = 64
-
-
-def _grads_blocks(K: int, V: int, dtype: torch.dtype):
-    """``(BK, BV, num_warps)`` of :func:`chunk_inter_grads_kernel`: :func:`_blocks`, with ``GRADS_BV``-wide
-    V blocks for 16-bit tiles at K = 128 (fp32 takes three launches at 32 already, for shared memory)."""
-    BK, BV, num_warps = _blocks(K, V)
-    if GRADS_BV and BK == 128 and dtype in (torch.bfloat16, torch.float16) and not _INTERPRET:
-        BV = max(BV, min(GRADS_BV, triton.next_power_of_2(V)))
-    return BK, BV, num_warps
-
-
-def _scan_blocks(K: int, V: int, few: bool):
-    """``(BK, BV, num_warps)`` of the sequential sweeps (forward, replay, slot-gradient scan), one
-    program per (sequence, value head, V block).  Results run 19 (bf16, K = V = 128, fwd+bwd): one
-    warpgroup beats two now that they keep no ``[C, K]`` accumulators (16.8 -> 15.4 ms at 4K), and
-    with ``few`` programs (:func:`few_programs`) 16-wide V blocks win (29.8 -> 27.4 ms at 32K, 59.8 ->
-    54.5 ms at 64K, where 32-wide blocks made 64 programs for 132 SMs).  K = 256 keeps two
-    warpgroups (its ``[K, BV]`` slot tiles) and with them 32-wide blocks (see :func:`_blocks`)."""
-    BK, BV, num_warps = _blocks(K, V)
-    if BK == 128 and not _INTERPRET:
-        return BK, 16 if few else BV, 4
-    return BK, BV, num_warps
-
-
-def _sweep_programs(K: int, V: int, NH: int, device: torch.device) -> int:
-    """Programs of one sweep launch (:func:`_launch_sweep`'s grid): one per (sequence x value head, V block)."""
-    return NH * triton.cdiv(V, _sweep_blocks(K, V, NH, device)[1])
-
-
-def _sweep_blocks(K: int, V: int, NH: int, device: torch.device):
-    """:func:`_scan_blocks` for ``NH`` (sequences x value heads) sweep rows on ``device``."""
-    return _scan_blocks(K, V, few_programs(NH, V, device))
-
-
-def few_programs(NH: int, V: int, device: torch.device) -> bool:
-    """Whether 32-wide V blocks would leave half the GPU's SMs without a sweep program (``NH`` =
-    sequences x value heads).  Results runs 19-21, fwd+bwd at the benchmark shape (132 SMs): 16-wide
-    blocks were faster with 64 programs of 32 columns (32K and 64K tokens per sequence), about even
-    with 128 (16K: 16.7 vs 16.4 ms) and slower with 256 (8K: 16.4 vs 13.6 ms) and 512 (4K)."""
-    if device.type != "cuda":
-        return False
-    return 2 * NH * triton.cdiv(V, 32) <= _sm_count(_device_index(device))
-
-
-def _device_index(device: torch.device) -> int:
-    return device.index if device.index is not None else torch.cuda.current_device()
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def prefetches(BK: int, BV: int) -> bool:
-    """Whether the sweeps load each slot one slot ahead: at K = 128 with 16-wide V blocks, where the
-    sweeps are most of the time (long sequences) and the extra ``[K, BV]`` tile fits the registers
-    (the 32-wide kernels are at 255 registers already)."""
-    return PREFETCH and BK == 128 and BV == 16
-
-
-# switched off by the launch-settings sweep to compare (benchmarks/sweep_gdn.py)
-PREFETCH = True
-
-
-def reloads_operands(BK: int, dtype: torch.dtype) -> bool:
-    """Whether the slot-gradient scan re-reads its ``[C, K]`` operands per use: fp32 at K = 256
-    (shared memory); the split scan passed the H200 tests this way (results run 18), and 16-bit
-    tiles fit without it."""
-    return BK > 128 and dtype == torch.float32
-
-
-def grads_launches(dtype: torch.dtype) -> list[dict]:
-    """The product groups (and launch options) :func:`chunk_inter_grads_kernel` runs in for inputs
-    of ``dtype``: all at once for 16-bit tiles; for fp32 (three-pass TF32 products) one launch per
-    group without multi-buffered loads, to fit shared memory (at most 192 KB at K = 256 with
-    triton 3.6 on sm_90; ``tests/ops/sm90.py`` checks every launch)."""
-    if dtype in (torch.bfloat16, torch.float16):
-        return [dict(DQ=True, DW=True, DKD=True)]
-    return [dict(DQ=dq, DW=dw, DKD=dkd, num_stages=1)
-            for dq, dw, dkd in ((True, False, False), (False, True, False), (False, False, True))]
-
-
 def _initial_slots(h0, meta, qe, u):
     """The fp32 slots ``[N, HV, L, K, V]`` the forward sweep starts from and carries in place."""
     if h0 is not None:
@@ -500,15 +403,15 @@ def _initial_slots(h0, meta, qe, u):
     return torch.zeros(N, qe.shape[1], L, qe.shape[-1], u.shape[-1], dtype=torch.float32, device=qe.device)
 
 
-def _launch_sweep(qe, w, kd, u, gam, om, has_h0, meta, ht, o_intra=None, o=None, hs=None, chunk_meta=None,
-                  seg=None):
+def _launch_sweep(qe, w, kd, u, gam, om, has_h0, meta, ht, plan: GDNLaunchPlan, o_intra=None, o=None, hs=None,
+                  chunk_meta=None, seg=None):
     """Launches the forward sweep over the slots ``ht``: the output ``o`` (given ``o_intra``), or with
     ``hs`` the slots before every chunk; ``chunk_meta`` = ``(live, merge, late)`` recorded if given;
     ``seg = (seg_lo, seg_hi, carry)``: one segment of it, ``hs`` then the segment's buffer."""
     chunk_offsets, pos_start, pos_end, N, L = meta
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
-    BK, BV, num_warps = _sweep_blocks(K, V, N * HV, qe.device)
+    BK, BV = out_blocks(K, V)[0], plan.sweep_bv
     store = hs is not None
     live, merge, late = (pos_start,) * 3 if chunk_meta is None else chunk_meta
     seg_lo, seg_hi, carry = (0, 0, pos_start) if seg is None else seg
@@ -516,11 +419,11 @@ def _launch_sweep(qe, w, kd, u, gam, om, has_h0, meta, ht, o_intra=None, o=None,
         qe, w, kd, u, gam, om, ht if store else o_intra, ht if store else o, ht, hs if store else ht,
         live, merge, late, chunk_offsets, pos_start, pos_end, NC, seg_lo, seg_hi, carry,
         HV=HV, K=K, V=V, L=L, C=C, BK=BK, BV=BV, HAS_H0=has_h0, STORE=store, META=chunk_meta is not None,
-        PREC=dot_precision(qe.dtype), PREFETCH=prefetches(BK, BV), SEG=seg is not None, num_warps=num_warps,
+        PREC=dot_precision(qe.dtype), PREFETCH=plan.prefetch, SEG=seg is not None, num_warps=plan.sweep_warps,
     )
 
 
-def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype):
+def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype, plan: GDNLaunchPlan):
     """Runs the forward sweep; returns ``(o, ht, chunk_meta)``: the slots' part of the output added to
     the chunk-local part ``o_intra`` ``[NC * C, HV, V]`` (padded token rows) in ``out_dtype``, the
     final slots, and ``(live, merge, late)`` ``[NC]``: each chunk's live-slot mask, merge slot, and
@@ -532,54 +435,40 @@ def chunk_inter_fwd(qe, w, kd, u, gam, om, h0, meta, o_intra, out_dtype):
     chunk_meta = (torch.empty(NC, dtype=torch.int64, device=dev), torch.empty(NC, dtype=torch.int32, device=dev),
                   torch.empty(NC, dtype=torch.int8, device=dev))
     ht = _initial_slots(h0, meta, qe, u)
-    if segments_forward(meta[3] * HV, V, dev):
-        _segmented_fwd(qe, w, kd, u, gam, om, h0 is not None, meta, ht, o_intra, o, chunk_meta)
+    if plan.segment_chunks:
+        _segmented_fwd(qe, w, kd, u, gam, om, h0 is not None, meta, ht, o_intra, o, chunk_meta, plan)
     else:
-        _launch_sweep(qe, w, kd, u, gam, om, h0 is not None, meta, ht, o_intra, o, chunk_meta=chunk_meta)
+        _launch_sweep(qe, w, kd, u, gam, om, h0 is not None, meta, ht, plan, o_intra, o, chunk_meta=chunk_meta)
     return o, ht, chunk_meta
 
 
-def chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs):
+def chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs, plan: GDNLaunchPlan):
     """The forward sweep again, computing no output: writes every chunk's pre-chunk slots into ``hs``
     ``[NC, HV, L, K, V]`` (the operands' dtype; only the live slots and the merge slot are written)."""
-    _launch_sweep(qe, w, kd, u, gam, om, h0 is not None, meta, _initial_slots(h0, meta, qe, u), hs=hs)
+    _launch_sweep(qe, w, kd, u, gam, om, h0 is not None, meta, _initial_slots(h0, meta, qe, u), plan, hs=hs)
 
 
-# chunks per sequence in one segment of the segmented forward (two segment buffers of
-# N * SEGMENT_CHUNKS * HV * L * K * V in the operands' dtype: 428 MB at 64K tokens, 16 heads of 128 x 128).
-# Results run 42 (bf16 fwd+bwd at 64K, mean of two passes): 36.63 ms at 24 chunks, 37.00-37.16 at 16,
-# 32 and 64, 37.75 at 12, 38.32 at 8; 38.17 without segments.
-SEGMENT_CHUNKS = 24
-SEGMENTED = True
-
-
-def segments_forward(NH: int, V: int, device: torch.device) -> bool:
-    """Whether the forward sweep runs in segments that store their slots, each segment's output then
-    computed by a parallel kernel beside the next segment's sweep: where the sweeps have few programs
-    (one per SM at most), so the output's products leave the sequential chain.  The forward sweep is
-    the one phase alone on the GPU there; results run 42: 1.5 ms less fwd+bwd at 64K (bf16, 16 heads)."""
-    return SEGMENTED and few_programs(NH, V, device)
-
-
-def _segmented_fwd(qe, w, kd, u, gam, om, has_h0, meta, ht, o_intra, o, chunk_meta):
+def _segmented_fwd(qe, w, kd, u, gam, om, has_h0, meta, ht, o_intra, o, chunk_meta, plan: GDNLaunchPlan):
+    """The forward sweep in segments that store their slots, each segment's output computed by a
+    parallel kernel beside the next segment's sweep (the output's products leave the sequential chain)."""
     chunk_offsets, N = meta[0], meta[3]
     NC, HV, C, K = qe.shape
     V = u.shape[-1]
     L = meta[4]
     dev = qe.device
-    S = min(SEGMENT_CHUNKS, NC)
+    S = min(plan.segment_chunks, NC)
     n_seg = triton.cdiv(NC, S)
-    carry = torch.empty(_sweep_programs(K, V, N * HV, dev), dtype=torch.int64, device=dev)
+    carry = torch.empty(N * HV * triton.cdiv(V, plan.sweep_bv), dtype=torch.int64, device=dev)
     bufs = [torch.empty(N * S, HV, L, K, V, dtype=qe.dtype, device=dev) for _ in range(min(2, n_seg))]
-    oBK, oBV, o_warps = _blocks(K, V)
-    fork = _Fork(dev, True)
+    oBK, oBV, o_warps = out_blocks(K, V)
+    fork = _Fork(dev, plan.streams, plan.lead_priority)
     read = [None, None]
     with fork.chain():
         for i in range(n_seg):
             buf = bufs[i % 2]
             # the segment two back must have been read out of this buffer
             fork.wait(read[i % 2])
-            _launch_sweep(qe, w, kd, u, gam, om, has_h0, meta, ht, hs=buf, chunk_meta=chunk_meta,
+            _launch_sweep(qe, w, kd, u, gam, om, has_h0, meta, ht, plan, hs=buf, chunk_meta=chunk_meta,
                           seg=(i * S, (i + 1) * S, carry))
             swept = fork.mark()
             fork.run_beside(lambda buf=buf, i=i: chunk_inter_out_kernel[(S, N * HV)](
@@ -588,14 +477,6 @@ def _segmented_fwd(qe, w, kd, u, gam, om, has_h0, meta, ht, o_intra, o, chunk_me
             ), after=swept)
             read[i % 2] = fork.mark_beside()
     fork.join()
-
-
-# switched off by the launch-settings sweep to compare (benchmarks/sweep_gdn.py)
-SIDE_BY_SIDE = True
-SPLIT_GRADS = True
-# results run 43 (64K fwd+bwd, mean of 3-4 passes): 36.37 ms with the lead stream, 36.63 without; run 42
-# saw no difference at 16-chunk segments, so the gain is small, and a third stream costs nothing measurable
-LEAD_PRIORITY = True
 
 
 @functools.lru_cache(maxsize=None)
@@ -612,23 +493,23 @@ def _lead_stream(index: int) -> torch.cuda.Stream:
 
 class _Fork:
     """A side CUDA stream forked from the current one, for launches that can share the SMs with the
-    current stream's; elsewhere (or with ``SIDE_BY_SIDE`` off) everything runs in program order.
-    Whatever the side stream touches must be allocated before the fork: the current stream waits for
-    the side stream at :meth:`join`, and nothing is freed before."""
+    current stream's; elsewhere (or ``on`` false) everything runs in program order.  Whatever the side
+    stream touches must be allocated before the fork: the current stream waits for the side stream at
+    :meth:`join`, and nothing is freed before."""
 
-    def __init__(self, device: torch.device, on: bool):
-        self.on = on and device.type == "cuda" and SIDE_BY_SIDE
+    def __init__(self, device: torch.device, on: bool, lead_priority: bool):
+        self.on = on and device.type == "cuda"
         if self.on:
-            index = _device_index(device)
+            index = device_index(device)
             self.origin = torch.cuda.current_stream(device)
-            self.main = _lead_stream(index) if LEAD_PRIORITY else self.origin
+            self.main = _lead_stream(index) if lead_priority else self.origin
             self.side = _side_stream(index)
             self.main.wait_stream(self.origin)
             self.side.wait_stream(self.origin)
 
     def chain(self):
-        """A context in which launches go to the fork's main stream: with ``LEAD_PRIORITY`` a stream of
-        the highest priority, so that the side stream's kernels never hold up the sequential chain."""
+        """A context in which launches go to the fork's main stream (with ``lead_priority`` one of the
+        highest priority, so that the side stream's kernels never hold up the sequential chain)."""
         return torch.cuda.stream(self.main) if self.on else contextlib.nullcontext()
 
     def run_beside(self, fn, after=None):
@@ -659,31 +540,13 @@ class _Fork:
             self.origin.wait_stream(self.main)
 
 
-def sweeps_share_sms(programs: int, device: torch.device) -> bool:
-    """Whether the backward's replay and slot-gradient scan (``programs`` each) run side by side: where
-    each has at most one program per SM.  Results run 38 (fwd+bwd, bf16, K = V = 128): with 128 programs
-    side by side is faster (13.19 vs 14.06 ms at 16K, 17.85 vs 20.16 at 32K, 37.71 vs 42.67 at 64K); with
-    256 (8K, two per SM already) one after the other is (11.33 vs 12.06 ms)."""
-    if device.type != "cuda":
-        return False
-    return programs <= _sm_count(_device_index(device))
-
-
-def splits_grads(NH: int, V: int, device: torch.device, beside: bool) -> bool:
-    """Whether the backward computes the per-chunk gradients of the later half of every sequence beside
-    the slot-gradient scan of the earlier half: where the replay runs beside the scan (``beside``, the
-    side stream exists) and the sweeps have few programs (long sequences), leaving room on every SM once
-    the replay is done; and off CUDA, so that the interpreter runs it."""
-    return SPLIT_GRADS and (device.type != "cuda" or (beside and few_programs(NH, V, device)))
-
-
-def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, chunk_meta):
-    """Gradients of :func:`chunk_inter`: the forward replayed to store the slots and the reverse scan
-    of the slot gradients (both sequential over chunks), then the per-chunk gradients of every input
-    from both (parallel over chunks).  The scan needs no slot state, only ``chunk_meta``, so on the GPU
-    the replay runs beside it on a side stream (:func:`sweeps_share_sms`); with :func:`splits_grads`, the
-    scan stops half-way and the gradients of the chunks it has done run beside its second half once the
-    replay is done."""
+def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, chunk_meta, plan: GDNLaunchPlan):
+    """Gradients of the sweeps: the forward replayed to store the slots and the reverse scan of the slot
+    gradients (both sequential over chunks), then the per-chunk gradients of every input from both
+    (parallel over chunks).  The scan needs no slot state, only ``chunk_meta``, so with
+    ``plan.replay_beside`` the replay runs beside it on a side stream; with ``plan.split_grads`` the
+    scan stops half-way and the gradients of the chunks it has done run beside its second half once
+    the replay is done."""
     chunk_offsets, pos_start, pos_end, N, L = meta
     live, merge, late = chunk_meta
     NC, HV, C, K = qe.shape
@@ -702,27 +565,27 @@ def chunk_inter_bwd(qe, w, kd, u, gam, om, h0, do, dht, meta, chunk_meta):
     dqe, dw, dkd = torch.empty_like(qe), torch.empty_like(w), torch.empty_like(kd)
     dgam = torch.empty_like(gam)
     dom = torch.zeros_like(om)
-    BK, BV, num_warps = _sweep_blocks(K, V, N * HV, dev)
-    gBK, gBV, g_warps = _grads_blocks(K, V, qe.dtype)
+    BK, BV = out_blocks(K, V)[0], plan.sweep_bv
+    gBK, _, g_warps = out_blocks(K, V)
 
     def scan(part):
         chunk_inter_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
             qe, w, kd, om, do, gam, live, merge, dh, dhs, du, chunk_offsets, NC,
-            RELOAD=reloads_operands(BK, qe.dtype), PREFETCH=prefetches(BK, BV), BK=BK, BV=BV, PART=part,
-            num_warps=num_warps, **consts,
+            RELOAD=reloads_operands(BK, qe.dtype), PREFETCH=plan.prefetch, BK=BK, BV=BV, PART=part,
+            num_warps=plan.sweep_warps, **consts,
         )
 
     def grads(part):
         for launch in grads_launches(qe.dtype):
             chunk_inter_grads_kernel[(NC, HV)](
                 qe, w, kd, u, gam, om, do, hs, dhs, live, merge, late, dqe, dw, dkd, dgam, dom,
-                BK=gBK, BV=gBV, num_warps=g_warps, PART=part, **launch, **consts,
+                BK=gBK, BV=plan.grads_bv, num_warps=g_warps, PART=part, **launch, **consts,
             )
 
-    fork = _Fork(dev, sweeps_share_sms(_sweep_programs(K, V, N * HV, dev), dev))
-    split = splits_grads(N * HV, V, dev, fork.on)
+    fork = _Fork(dev, plan.streams and plan.replay_beside, plan.lead_priority)
+    split = plan.split_grads
     with fork.chain():
-        fork.run_beside(lambda: chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs))
+        fork.run_beside(lambda: chunk_inter_replay(qe, w, kd, u, gam, om, h0, meta, hs, plan))
         if split:
             scan(1)
             later_half_done = fork.mark()

@@ -29,7 +29,7 @@ _KNOWN = {
     "chunk_size",
     "cu_seqlens_cpu",
     "_force_triton",
-    "_gdn_local",
+    "_plan",
 }
 
 
@@ -43,14 +43,14 @@ class GatedDeltaRuleOptions:
     dt_bias: torch.Tensor | None = None
     state_v_first: bool = False
     force_triton: bool = False
-    local_impl: str | None = None  # per-call override of chunk.LOCAL_IMPL ("triton" / "torch")
+    plan: object = None  # the chunked op's GDNLaunchPlan (None: chosen from the shapes)
 
 
 def parse_options(op: str, use_qk_l2norm_in_kernel: bool, kwargs: dict) -> GatedDeltaRuleOptions:
     """Validates the fla-style keyword options; unknown names or inconsistent combinations raise."""
     unknown = sorted(set(kwargs) - _KNOWN)
     if unknown:
-        public = sorted(_KNOWN - {"_force_triton", "_gdn_local"})
+        public = sorted(_KNOWN - {"_force_triton", "_plan"})
         raise TypeError(f"{op} got unsupported option(s) {unknown}; supported: {public}")
     chunk_size = kwargs.get("chunk_size", 64)
     if chunk_size != 64:
@@ -64,7 +64,7 @@ def parse_options(op: str, use_qk_l2norm_in_kernel: bool, kwargs: dict) -> Gated
         dt_bias=kwargs.get("dt_bias"),
         state_v_first=bool(kwargs.get("state_v_first", False)),
         force_triton=bool(kwargs.get("_force_triton", False)),
-        local_impl=kwargs.get("_gdn_local"),
+        plan=kwargs.get("_plan"),
     )
     if opts.allow_neg_eigval and not opts.use_beta_sigmoid_in_kernel:
         raise ValueError(f"{op}: allow_neg_eigval=True requires use_beta_sigmoid_in_kernel=True (as in fla)")
