@@ -37,19 +37,9 @@ from fla_loglinear.ops.log_linear_gated_delta_rule.plan import (
     reloads_operands,
 )
 from fla_loglinear.ops.triton_env import dot_precision
+from fla_loglinear.ops.triton_levels import merge_slot
 
 __all__ = ["chunk_inter_fwd", "chunk_inter_bwd"]
-
-
-@triton.jit
-def _merge_slot(a, b, L: tl.constexpr):
-    # levels.py's advance_level(a, b) = (a ^ b).bit_length(), clamped to the last slot.
-    x = a ^ b
-    m = 0
-    while x > 0:
-        x = x >> 1
-        m += 1
-    return tl.minimum(m, L - 1)
 
 
 @triton.jit
@@ -104,7 +94,7 @@ def chunk_inter_fwd_kernel(
         cbase = base0 + j * C
         a = tl.maximum(cbase, p0)
         b = tl.minimum(cbase + C, p1)
-        mm = _merge_slot(a, b, L)
+        mm = merge_slot(a, b, L)
         if META:
             # every program stores the same values; the backward's scan starts from them
             tl.store(live_out + i_c, live)

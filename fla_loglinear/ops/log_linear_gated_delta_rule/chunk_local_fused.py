@@ -44,6 +44,7 @@ import triton.language as tl
 
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import ChunkLayout
 from fla_loglinear.ops.triton_env import dot_precision
+from fla_loglinear.ops.triton_levels import bit_length
 
 __all__ = ["chunk_local_fused_fwd", "chunk_local_fused_bwd", "wy_prep", "wy_prep_torch", "pad_tokens"]
 
@@ -59,19 +60,10 @@ BWD_NUM_WARPS = 4
 
 
 @triton.jit
-def _bit_length_small(x, NB: tl.constexpr):
-    # levels.py's bit_length, for 0 <= x < 2**NB (local indices inside one aligned chunk)
-    n = tl.zeros_like(x)
-    for b in tl.static_range(NB):
-        n += ((x >> b) > 0).to(x.dtype)
-    return n
-
-
-@triton.jit
 def _level_mask(lam_row_ptr, o_i, incl, L, NLI: tl.constexpr, C: tl.constexpr):
     # Lambda[i, j] = lam_i[min(level(i, j), L - 1)]; in an aligned chunk level(t, s) of
     # levels.py is bit_length(i ^ j) of the local indices
-    lvl = tl.minimum(_bit_length_small(o_i[:, None] ^ o_i[None, :], _LOG_C + 1), L - 1)
+    lvl = tl.minimum(bit_length(o_i[:, None] ^ o_i[None, :], _LOG_C + 1), L - 1)
     b_lm = tl.zeros([C, C], dtype=tl.float32)
     for l in tl.static_range(NLI):
         b_l = tl.load(lam_row_ptr + l).to(tl.float32)
@@ -150,7 +142,7 @@ def chunk_local_fused_fwd_kernel(
 
     # omega[t, l] = lam_t[min(max(l, bit_length(t ^ a)), L - 1)] (levels.state_slot_weights);
     # t and the chunk's start a share the chunk, so t ^ a is a local xor
-    b_bl = _bit_length_small(o_i ^ tl.load(a_off + i_c), _LOG_C + 1)
+    b_bl = bit_length(o_i ^ tl.load(a_off + i_c), _LOG_C + 1)
     for l in range(L):
         idx = tl.minimum(tl.maximum(b_bl, l), L - 1)
         tl.store(om + orow * L + l, tl.load(lam + rh * L + idx).to(tl.float32))
@@ -302,7 +294,7 @@ def chunk_local_fused_bwd_kernel(
     tl.store(dg + rh, b_dg)
     tl.store(db + rh, b_db)
 
-    b_bl = _bit_length_small(o_i ^ tl.load(a_off + i_c), _LOG_C + 1)
+    b_bl = bit_length(o_i ^ tl.load(a_off + i_c), _LOG_C + 1)
     tl.debug_barrier()
     for l in range(L):
         b_dl = tl.load(dlam + rh * L + l)
