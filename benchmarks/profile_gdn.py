@@ -19,11 +19,12 @@ import triton
 
 from fla_loglinear.levels import num_levels
 from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_log_linear_gated_delta_rule
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import (chunk_inter_bwd, chunk_inter_fwd,
-                                                                       chunk_inter_replay)
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, from_tokens, make_layout
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter_bwd import chunk_inter_bwd
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter_fwd import chunk_inter_fwd, chunk_inter_replay
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import local_part_bwd, local_part_fwd
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import pad_tokens, wy_prep
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import wy_prep
+from fla_loglinear.ops.log_linear_gated_delta_rule.layout import from_tokens, make_layout, pad_tokens
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import _l2norm
 from fla_loglinear.ops.log_linear_gated_delta_rule.plan import plan_for
 

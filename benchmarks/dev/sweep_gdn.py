@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter, chunk_local_fused
+from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter_bwd, chunk_local_fused
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -27,7 +27,7 @@ from sweep_scalar import apply, time_ms  # noqa: E402
 
 from fla_loglinear.ops.log_linear_gated_delta_rule.plan import plan_for  # noqa: E402
 
-GRADS = [chunk_inter.chunk_inter_grads_kernel]
+GRADS = [chunk_inter_bwd.chunk_inter_grads_kernel]
 LOCAL_FWD = [chunk_local_fused.chunk_local_fused_fwd_kernel]
 LOCAL_BWD = [chunk_local_fused.chunk_local_fused_bwd_kernel]
 

@@ -121,7 +121,8 @@ def gdn_scan_launches(K: int, V: int, dtype: torch.dtype) -> list[tuple]:
     """``(name, kernel, constexprs, pointer dtypes, num_warps, num_stages)`` of every GDN slot-scan
     launch the CUDA path makes at head dims ``K``, ``V`` (forward, replay, slot-gradient scan, the
     per-chunk gradient kernel's launches)."""
-    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter as ci
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter_bwd as cib
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter_fwd as cif
     from fla_loglinear.ops.log_linear_gated_delta_rule.plan import grads_launches, out_blocks, plan_for, reloads_operands
     from fla_loglinear.ops.triton_env import dot_precision
 
@@ -137,22 +138,22 @@ def gdn_scan_launches(K: int, V: int, dtype: torch.dtype) -> list[tuple]:
     BK = out_blocks(K, V)[0]
     for BV, num_warps, prefetch in sorted({(p.sweep_bv, p.sweep_warps, p.prefetch) for p in plans}):
         base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec, PREFETCH=prefetch)
-        out += [(f"fwd STORE={store} BV={BV}", ci.chunk_inter_fwd_kernel,
+        out += [(f"fwd STORE={store} BV={BV}", cif.chunk_inter_fwd_kernel,
                  dict(base, HAS_H0=True, STORE=store, META=not store, SEG=False), ptrs, num_warps, None)
                 for store in (False, True)]
-        out.append((f"fwd segment BV={BV}", ci.chunk_inter_fwd_kernel,
+        out.append((f"fwd segment BV={BV}", cif.chunk_inter_fwd_kernel,
                     dict(base, HAS_H0=True, STORE=True, META=True, SEG=True), ptrs, num_warps, None))
-        out.append((f"bwd BV={BV}", ci.chunk_inter_bwd_kernel, dict(base, RELOAD=reloads_operands(BK, dtype), PART=1), ptrs,
+        out.append((f"bwd BV={BV}", cib.chunk_inter_bwd_kernel, dict(base, RELOAD=reloads_operands(BK, dtype), PART=1), ptrs,
                     num_warps, None))
     BK, BV, num_warps = out_blocks(K, V)
     base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec, PART=1)
-    out.append(("segment output", ci.chunk_inter_out_kernel, base, ptrs, num_warps, None))
+    out.append(("segment output", cif.chunk_inter_out_kernel, base, ptrs, num_warps, None))
     base = dict(base, BV=plan_for(K, V, 16, dtype, "cpu").grads_bv)
     for launch in grads_launches(dtype):
         launch = dict(launch)
         stages = launch.pop("num_stages", None)
         groups = ",".join(k for k, on in launch.items() if on)
-        out.append((f"grads {groups}", ci.chunk_inter_grads_kernel, dict(base, **launch), ptrs, num_warps, stages))
+        out.append((f"grads {groups}", cib.chunk_inter_grads_kernel, dict(base, **launch), ptrs, num_warps, stages))
     return out
 
 

@@ -363,7 +363,8 @@ def local_inputs(B, T, HV, K, V, L, dtype, seed):
 def check_fused_local(B, T, HV, K, V, L, start, cu, dtype, tol, device="cpu", seed=20):
     """The fused local part's forward and backward launchers against autograd over the PyTorch one (float64)."""
     from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import local_part_bwd, local_part_fwd
-    from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, make_layout
+    from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd
+    from fla_loglinear.ops.log_linear_gated_delta_rule.layout import make_layout
 
     ins = [x.detach().to(device) for x in local_inputs(B, T, HV, K, V, L, dtype, seed)]
     ref_in = [x.detach().double().requires_grad_(True) for x in ins]

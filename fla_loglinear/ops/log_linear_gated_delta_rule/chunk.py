@@ -6,20 +6,12 @@ import dataclasses
 import torch
 
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import chunk_inter_bwd, chunk_inter_fwd
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import (
-    chunk_local_fwd,
-    end_chunk_keys,
-    from_tokens,
-    make_layout,
-    partial_end_keep,
-)
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import (
-    chunk_local_fused_bwd,
-    chunk_local_fused_fwd,
-    pad_tokens,
-)
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter_bwd import chunk_inter_bwd
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter_fwd import chunk_inter_fwd
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, end_chunk_keys, partial_end_keep
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import chunk_local_fused_bwd, chunk_local_fused_fwd
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
+from fla_loglinear.ops.log_linear_gated_delta_rule.layout import from_tokens, make_layout, pad_tokens
 from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_chunk_log_linear_gated_delta_rule
 from fla_loglinear.ops.log_linear_gated_delta_rule.pending import settle_pending
 from fla_loglinear.ops.log_linear_gated_delta_rule.plan import GDNLaunchPlan, fused_local_supported, plan_for
@@ -253,7 +245,7 @@ def chunk_log_linear_gated_delta_rule(
     ``naive_chunk_log_linear_gated_delta_rule``.  The sequence start positions are read on the
     host once (like fla's varlen chunk indices).  The chunk-local WY part runs in fused Triton kernels
     with a hand-written backward (:mod:`.chunk_local_fused`), or in batched PyTorch for head dims below
-    32 (:mod:`.chunk_local`); the sequential sweep over the Fenwick slots is Triton (:mod:`.chunk_inter`);
+    32 (:mod:`.chunk_local`); the sequential sweep over the Fenwick slots is Triton (:mod:`.chunk_inter_fwd`, :mod:`.chunk_inter_bwd`);
     the option preprocessing is PyTorch.  One autograd node covers the kernels
     (:class:`ChunkLogLinearGatedDeltaRuleFunction`).
 

@@ -11,7 +11,7 @@ hand-written backward instead of autograd over dense ``[NC, HV, C, C]`` tensors:
   Without CUDA (interpreter tests) the same two tensors come from :func:`wy_prep_torch`.
 * :func:`chunk_local_fused_fwd_kernel` computes ``W, U, Qeff, Kd, gamma``, the per-slot query
   weights ``omega`` and the lambda-masked intra-chunk output, writing them in the
-  ``[NC, HV, C, ...]`` layout the slot scan (:mod:`.chunk_inter`) reads.
+  ``[NC, HV, C, ...]`` layout the slot scan (:mod:`.chunk_inter_fwd`) reads.
 * :func:`chunk_local_fused_bwd_kernel` takes the gradients of all of these and returns those
   of ``q, k, v, g, beta, level_scales`` (``g`` through the in-chunk cumulative sum).
 
@@ -42,11 +42,11 @@ import torch
 import triton
 import triton.language as tl
 
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import ChunkLayout
+from fla_loglinear.ops.log_linear_gated_delta_rule.layout import PaddedChunkLayout
 from fla_loglinear.ops.triton_env import dot_precision
 from fla_loglinear.ops.triton_levels import bit_length
 
-__all__ = ["chunk_local_fused_fwd", "chunk_local_fused_bwd", "wy_prep", "wy_prep_torch", "pad_tokens"]
+__all__ = ["chunk_local_fused_fwd", "chunk_local_fused_bwd", "wy_prep", "wy_prep_torch"]
 
 RCP_LN2 = 1.0 / math.log(2.0)
 # log2 of the chunk size: in-chunk levels are 0 .. LOG_C
@@ -357,7 +357,7 @@ def _launch_args(lam, layout):
     return L, min(L, LOG_C + 1), a_off
 
 
-def chunk_local_fused_fwd(q, k, v, g, beta, lam, scale: float, layout: ChunkLayout):
+def chunk_local_fused_fwd(q, k, v, g, beta, lam, scale: float, layout: PaddedChunkLayout):
     """The fused forward on padded token rows ``[NC * C, HV, ...]`` (q, k, v in one dtype).
 
     Returns ``(o_intra, qe, w, kd, u, gamma, omega)`` (``o_intra`` in the token rows, the rest
@@ -389,7 +389,7 @@ def chunk_local_fused_fwd(q, k, v, g, beta, lam, scale: float, layout: ChunkLayo
 
 
 def chunk_local_fused_bwd(q, k, v, G2, beta, A, lam, a_off, do, dqe, dw, dkd, du, dgam, dom, scale: float,
-                          layout: ChunkLayout):
+                          layout: PaddedChunkLayout):
     """Gradients of :func:`chunk_local_fused_fwd`'s outputs -> ``(dq, dk, dv, dg, dbeta, dlam)``, the first
     three in the inputs' dtype, the last three fp32 (the caller casts them to its inputs' dtypes)."""
     NT, HV, K = k.shape
@@ -413,11 +413,3 @@ def chunk_local_fused_bwd(q, k, v, G2, beta, A, lam, a_off, do, dqe, dw, dkd, du
         L, HV=HV, K=K, V=V, NLI=min(L, LOG_C + 1), C=C, BK=BK, BV=BV, PREC=prec, num_warps=BWD_NUM_WARPS,
     )
     return dq, dk, dv, dg, db, dlam
-
-
-def pad_tokens(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
-    """``[B, T, H, ...]`` -> ``[NC * C, H, ...]`` zero-padded token rows (no copy when aligned)."""
-    flat = x.reshape(-1, *x.shape[2:])
-    if layout.identity:
-        return flat.contiguous()
-    return flat.new_zeros(layout.NC * layout.C, *x.shape[2:]).index_copy(0, layout.slot_idx, flat)
