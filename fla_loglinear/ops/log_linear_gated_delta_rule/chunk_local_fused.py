@@ -48,6 +48,7 @@ from fla_loglinear.ops.triton_levels import bit_length
 
 __all__ = ["chunk_local_fused_fwd", "chunk_local_fused_bwd", "wy_prep", "wy_prep_torch"]
 
+# not fla.ops.utils.constant.RCP_LN2 (1.4426950216, rounded at the 9th digit): the exact value
 RCP_LN2 = 1.0 / math.log(2.0)
 # log2 of the chunk size: in-chunk levels are 0 .. LOG_C
 LOG_C = 6

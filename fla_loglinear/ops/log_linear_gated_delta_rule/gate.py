@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from fla.modules.l2norm import l2norm
+from fla.ops.gated_delta_rule.gate import naive_gdn_gate
 
 __all__ = ["GatedDeltaRuleOptions", "parse_options", "preprocess_inputs", "L2NORM_EPS"]
 
@@ -95,14 +95,16 @@ def preprocess_inputs(q, k, g, beta, opts: GatedDeltaRuleOptions):
         q = _l2norm(q)
         k = _l2norm(k)
     if opts.use_beta_sigmoid_in_kernel:
+        # not fla.ops.common.gate.fused_beta_sigmoid: a Triton kernel (no CPU path, its own rounding)
         beta = torch.sigmoid(beta.float()) * (2.0 if opts.allow_neg_eigval else 1.0)
     if opts.use_gate_in_kernel:
         _check_head_param("A_log", opts.A_log, HV, g.device)
-        x = g.float()
+        dt_bias = None
         if opts.dt_bias is not None:
             _check_head_param("dt_bias", opts.dt_bias, HV, g.device)
-            x = x + opts.dt_bias.float().reshape(HV)
-        g = -opts.A_log.float().reshape(HV).exp() * F.softplus(x)
+            dt_bias = opts.dt_bias.reshape(HV)
+        # fla's PyTorch gate (the same ops as its fused kernel's reference), differentiable
+        g = naive_gdn_gate(g, opts.A_log.reshape(HV), dt_bias)
     return q, k, g, beta
 
 
