@@ -22,7 +22,14 @@ import torch
 from fla_loglinear.levels import bit_length, level_matrix, state_slot_weights
 from fla_loglinear.ops.log_linear_gated_delta_rule.layout import PaddedChunkLayout, to_chunks
 
-__all__ = ["chunk_local_fwd", "end_chunk_keys", "partial_end_keep"]
+__all__ = ["chunk_local_fwd", "end_chunk_keys", "partial_end_keep", "unit_lower_inverse"]
+
+
+def unit_lower_inverse(strict_lower: torch.Tensor) -> torch.Tensor:
+    """``(I + strict_lower)^{-1}`` of ``[..., C, C]`` blocks, the WY form's ``T``."""
+    eye = torch.eye(strict_lower.shape[-1], dtype=strict_lower.dtype, device=strict_lower.device)
+    return torch.linalg.solve_triangular(eye + strict_lower, eye.expand_as(strict_lower), upper=False,
+                                         unitriangular=True)
 
 
 def chunk_local_fwd(q, k, v, g, beta, level_scales, scale: float, layout: PaddedChunkLayout, dtype: torch.dtype):
@@ -47,9 +54,7 @@ def chunk_local_fwd(q, k, v, g, beta, level_scales, scale: float, layout: Padded
     # masked before exp: e^{G_i - G_j} above the diagonal can overflow
     decay = torch.where(incl, G[..., :, None] - G[..., None, :], float("-inf")).exp()
     kk = k @ k.transpose(-1, -2)
-    eye = torch.eye(C, dtype=dtype, device=q.device)
-    a = eye + torch.where(strict, beta[..., :, None] * kk * decay, 0.0)
-    tinv = torch.linalg.solve_triangular(a, eye.expand_as(a), upper=False, unitriangular=True)
+    tinv = unit_lower_inverse(torch.where(strict, beta[..., :, None] * kk * decay, 0.0))
     w = tinv @ (beta[..., None] * G.exp()[..., None] * k)
     u = tinv @ (beta[..., None] * v)
     m = scale * (q @ k.transpose(-1, -2)) * decay
@@ -107,9 +112,7 @@ def end_chunk_keys(k, v, g, beta, L: int, layout: PaddedChunkLayout, dtype: torc
     idx = torch.arange(C, device=k.device)
     strict = idx[:, None] > idx[None, :]
     decay = torch.where(strict, G[..., :, None] - G[..., None, :], float("-inf")).exp()
-    eye = torch.eye(C, dtype=dtype, device=k.device)
-    a = eye + bl[..., :, None] * (kl @ kl.transpose(-1, -2)) * decay
-    tinv = torch.linalg.solve_triangular(a, eye.expand_as(a), upper=False, unitriangular=True)
+    tinv = unit_lower_inverse(bl[..., :, None] * (kl @ kl.transpose(-1, -2)) * decay)
     kd = (G[..., -1:] - G).exp()[..., None] * kl
     inside = (layout.pos_end % C != 0).to(dtype)
     carry = kd.transpose(-1, -2) @ tinv

@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import unit_lower_inverse
 from fla_loglinear.ops.log_linear_gated_delta_rule.layout import PaddedChunkLayout
 from fla_loglinear.ops.triton_env import dot_precision
 from fla_loglinear.ops.triton_levels import bit_length
@@ -333,8 +334,7 @@ def wy_prep_torch(k, g, beta, C: int = 64):
     strict = idx[:, None] > idx[None, :]
     dec = torch.where(strict, Gc[..., :, None] - Gc[..., None, :], float("-inf")).exp2()
     ls = bc[..., :, None] * (kc @ kc.transpose(-1, -2)) * dec
-    eye = torch.eye(C, device=k.device)
-    tinv = torch.linalg.solve_triangular(eye + ls, eye.expand_as(ls), upper=False, unitriangular=True)
+    tinv = unit_lower_inverse(ls)
     A = tinv.transpose(1, 2).reshape(1, NT, HV, C).to(k.dtype)
     return G2.reshape(1, NT, HV), A
 
