@@ -134,7 +134,7 @@ def chunk_inter_grads_kernel(
     # runs at full occupancy and sums over V inside (no per-V-block partial results).  DQ: the
     # gradients through the output (dqe, domega, dgamma); DW, DKD: through the transition.  fp32
     # tiles take one launch per group: all products at once need more shared memory than the
-    # H200 has (run 17: 352 KB at K = 128); see grads_launches.
+    # H200 has (at K = 128); see grads_launches.
     # PART 1 / 2: only the chunks in / not in the later half of their sequence (see the scan's PART)
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     if PART == 0:

@@ -23,16 +23,9 @@ The last chunk of a sequence that ends inside it holds keys for several slots of
 state; those (at most N chunks) are redone in PyTorch by :func:`.chunk_local.end_chunk_keys`,
 so that their gradients flow by autograd.
 
-Status (issue 4, third pass): checked under the Triton interpreter against the PyTorch local part
-in fp32, fp16 and bf16 (bf16 with the tests' exact-dot patch of the interpreter), alone and inside
-the whole op; compiled ahead of time for sm_90 (triton 3.9 here) at K = V in {32, 64, 128, 256}
-in bf16 / fp16 / fp32: shared memory <= 160 KB; at bf16 K = 128 the forward uses 206 registers
-(no spills), the backward 255 registers and 144 bytes of spills.
-
-Run 4 (H200, triton 3.6) hit an illegal memory access at K = 16 (fp32), where 16-wide blocks under
-8 warps lower to 8-column TF32 wgmma (the shape of triton-lang/triton#10629); blocks are now at
-least 32 wide (:func:`_config`), and the tests lower both kernels for sm_90 and check the MMA
-shapes.  Not yet re-run on a GPU.
+Blocks are at least 32 wide (:func:`_config`): 16-wide blocks under 8 warps lower to 8-column TF32
+wgmma on sm_90, which can read shared memory past its operand (triton-lang/triton#10629); the tests
+lower both kernels for sm_90 and check the MMA shapes.
 """
 from __future__ import annotations
 
@@ -56,7 +49,7 @@ LOG_C = 6
 _LOG_C = tl.constexpr(LOG_C)
 # the forward kernel; _config's minimum block width depends on it
 NUM_WARPS = 8
-# the backward: one warpgroup was 10% / 6% faster at 4K / 64K in results run 22's sweep (bf16, K = V = 128);
+# the backward: one warpgroup was faster than two at short and long sequences (bf16, K = V = 128);
 # its products are then at least 32 columns wide (sm_90 lowering: no narrow TF32 wgmma, <= 128 KB shared)
 BWD_NUM_WARPS = 4
 
@@ -311,7 +304,7 @@ def _config(K: int, V: int, dtype: torch.dtype, bwd: bool = False):
     cap = 32 if bwd else 64
     # at least 32: the kernels run 8 warps, which split a [C, B] product's columns over two
     # warpgroups, and B = 16 becomes 8-column TF32 wgmma (fp32 inputs), which can read shared
-    # memory past its operand (triton-lang/triton#10629; likely run 4's crash at K = 16).
+    # memory past its operand (triton-lang/triton#10629).
     # Blocks wider than K or V are masked.
     BK = max(32, min(cap, triton.next_power_of_2(K)))
     BV = max(32, min(cap, triton.next_power_of_2(V)))

@@ -196,12 +196,10 @@ def fused_recurrent_pending_kernel(
 @functools.lru_cache(maxsize=None)
 def _decode_blocks(K: int, V: int, pending: bool = False) -> tuple[int, int, int]:
     """``(BK, BV, num_warps)`` of the decode kernels: one program per (sequence, value head, V block)
-    holds whole ``[K, BV]`` slots.  Writing every slot, a step is bound by the slots' bytes (results
-    run 16: 2.7 TB/s) and 4 warps were the fastest (run 26).  With pending transitions (``pending``)
-    a step is mostly chains of ``[K]`` reductions, which 2 warps run faster up to K = 128 (run 33: 0.206
-    vs 0.251 ms at position 100,000, averaged over the log's fill levels).
-    Cached: ``triton.next_power_of_2`` costs microseconds of host time, and every decode step pays its
-    host time in full (results run 29: 102 µs of host and 317 µs of kernel per step)."""
+    holds whole ``[K, BV]`` slots.  Writing every slot, a step is bound by the slots' bytes, which 4
+    warps stream fastest.  With pending transitions (``pending``) a step is mostly chains of ``[K]``
+    reductions, which 2 warps run faster up to K = 128.  Cached: ``triton.next_power_of_2`` costs
+    microseconds of host time, and every decode step pays its host time in full."""
     BK = max(16, triton.next_power_of_2(K))
     BV = max(16, min(triton.next_power_of_2(V), 32 if K >= 128 else 64))
     return BK, BV, 2 if pending and BK <= 128 else 4
