@@ -27,6 +27,6 @@ torch.cuda.synchronize()" > "$R/ncu-sweeps.txt" 2>&1
 echo "sweeps rc=$?" >> "$R/summary.txt"
 # the decode sweep times fla's step first, then ours with CUDA events: the 21st launch of ours is in that timing
 timeout 200 $NCU --kernel-name regex:"fused_recurrent_fwd_kernel" --launch-skip 20 --launch-count 1 \
-  python3 benchmarks/sweep_gdn_decode.py > "$R/ncu-decode.txt" 2>&1
+  python3 benchmarks/dev/sweep_gdn_decode.py > "$R/ncu-decode.txt" 2>&1
 echo "decode rc=$?" >> "$R/summary.txt"
 (cd "$OUT" && tar -czf ncu.tar.gz run && rm -rf run)

@@ -19,16 +19,14 @@ import triton
 
 from fla_loglinear.levels import num_levels
 from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_log_linear_gated_delta_rule
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import (chunk_inter_bwd, chunk_inter_fwd,
-                                                                       chunk_inter_replay)
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, from_tokens, make_layout
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import (
-    ChunkLocalFusedFunction,
-    chunk_local_fused_fwd,
-    pad_tokens,
-    wy_prep,
-)
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter_bwd import chunk_inter_bwd
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter_fwd import chunk_inter_fwd, chunk_inter_replay
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import local_part_bwd, local_part_fwd
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import wy_prep
+from fla_loglinear.ops.log_linear_gated_delta_rule.layout import from_tokens, make_layout, pad_tokens
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import _l2norm
+from fla_loglinear.ops.log_linear_gated_delta_rule.plan import plan_for
 
 H, D, TOKENS = 16, 128, 32768
 DEVICE = "cuda"
@@ -61,14 +59,16 @@ def profile(T: int) -> None:
     print(f"\nT = {T}, B = {B}, H = {H}, K = V = {D}, L = {L}, bf16")
 
     leaves = [x.clone().requires_grad_(True) for x in (q, k, v, g, beta, lam)]
+    plans = {local: plan_for(D, D, B * H, dt, dev, local=local) for local in ("triton", "torch")}
+    plan = plans["triton"]
     do = torch.randn_like(v)
 
     def whole_fwd(local):
         with torch.no_grad():
-            chunk_log_linear_gated_delta_rule(*leaves, use_qk_l2norm_in_kernel=True, _gdn_local=local)
+            chunk_log_linear_gated_delta_rule(*leaves, use_qk_l2norm_in_kernel=True, _plan=plans[local])
 
     def whole_fwdbwd(local):
-        o, _ = chunk_log_linear_gated_delta_rule(*leaves, use_qk_l2norm_in_kernel=True, _gdn_local=local)
+        o, _ = chunk_log_linear_gated_delta_rule(*leaves, use_qk_l2norm_in_kernel=True, _plan=plans[local])
         o.backward(do)
 
     print(" whole op")
@@ -84,7 +84,7 @@ def profile(T: int) -> None:
     row("chunk_local_fwd (PyTorch, fp32)",
         lambda: chunk_local_fwd(qn, kn, v, g, beta, lam, scale, layout, torch.float32))
     row("chunk_local_fused_fwd (fla WY + Triton)",
-        lambda: chunk_local_fused_fwd(qn, kn, v, g, beta, lam, scale, layout, torch.float32))
+        lambda: local_part_fwd(qn, kn, v, g, beta, lam, scale, layout, True))
     pk, pg, pb = pad_tokens(kn, layout), pad_tokens(g, layout), pad_tokens(beta, layout)
     row("  of which wy_prep (fla cumsum, kkt, solve_tril)", lambda: wy_prep(pk[None], pg[None], pb[None]))
     o_intra, qe, w, kd, u, gamma, omega, end_keys = chunk_local_fwd(qn, kn, v, g, beta, lam, scale, layout,
@@ -93,28 +93,26 @@ def profile(T: int) -> None:
     gamma, omega = gamma.float().contiguous(), omega.float().contiguous()
     meta = (layout.chunk_offsets, layout.pos_start, layout.pos_end, B, L)
     row("chunk_inter_fwd (Triton slot scan, adds o_intra)",
-        lambda: chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, o_intra, dt))
+        lambda: chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, o_intra, dt, plan))
     hs = torch.empty(layout.NC, H, L, D, D, dtype=dt, device=dev)
     row("chunk_inter_replay (the bwd's forward replay, storing slots)",
-        lambda: chunk_inter_replay(qe, w, kd, u, gamma, omega, None, meta, hs))
-    o, _, chunk_meta = chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, o_intra, dt)
+        lambda: chunk_inter_replay(qe, w, kd, u, gamma, omega, None, meta, hs, plan))
+    o, _, chunk_meta = chunk_inter_fwd(qe, w, kd, u, gamma, omega, None, meta, o_intra, dt, plan)
     row("from_tokens(o)", lambda: from_tokens(o, layout, B, T))
 
     print(" backward stages")
     do_rows = torch.randn(layout.NC * 64, H, D, device=dev, dtype=dt)
     row("chunk_inter_bwd (replay beside the reverse scan, per-chunk grads)",
-        lambda: chunk_inter_bwd(qe, w, kd, u, gamma, omega, None, do_rows, None, meta, chunk_meta))
+        lambda: chunk_inter_bwd(qe, w, kd, u, gamma, omega, None, do_rows, None, meta, chunk_meta, plan))
     loc_in = [x.detach().clone().requires_grad_(True) for x in (qn, kn, v, g, beta, lam)]
     outs = chunk_local_fwd(*loc_in, scale, layout, torch.float32)
     diff = [x for x in outs if x.requires_grad]
     gouts = [torch.randn_like(x) for x in diff]
     row("chunk_local autograd bwd (PyTorch)",
         lambda: torch.autograd.grad(diff, loc_in, gouts, retain_graph=True, allow_unused=True))
-    fin = [pad_tokens(x, layout).detach().requires_grad_(True) for x in (qn, kn, v, g, beta, lam)]
-    fouts = ChunkLocalFusedFunction.apply(*fin, scale, layout)
-    fgouts = [torch.randn_like(x) for x in fouts]
-    row("chunk_local_fused bwd (Triton)",
-        lambda: torch.autograd.grad(fouts, fin, fgouts, retain_graph=True))
+    fouts, fres = local_part_fwd(qn, kn, v, g, beta, lam, scale, layout, True)
+    fgouts = [None if x is None else torch.randn_like(x) for x in fouts]
+    row("chunk_local_fused bwd (Triton)", lambda: local_part_bwd(fres, fgouts, scale, layout, True, B, T))
 
     print(" fla for scale")
     try:

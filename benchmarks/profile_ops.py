@@ -20,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from fla_loglinear.levels import num_levels
 from fla_loglinear.ops import chunk_log_linear_attn, chunk_log_linear_gated_delta_rule
+from fla_loglinear.ops.log_linear_gated_delta_rule.plan import plan_for
 
 H, D, TOKENS, STEPS = 16, 128, 32768, 5
 
@@ -39,16 +40,18 @@ def make_inputs(op: str, T: int):
     return [x.requires_grad_(True) for x in (q, k, v, g, beta, lam)], do
 
 
-def make_step(op: str, T: int, forward_only: bool = False, leaves=None, do=None):
-    """A fwd+bwd of ``op`` (or its forward alone, which still records the graph) as a no-argument call."""
+def make_step(op: str, T: int, forward_only: bool = False, leaves=None, do=None, plan=None):
+    """A fwd+bwd of ``op`` (or its forward alone, which still records the graph) as a no-argument call;
+    ``plan``: the GDN op's launch plan (``None``: its default, with the PyTorch local part for gdn-torch)."""
     if leaves is None:
         leaves, do = make_inputs(op, T)
     if op == "scalar":
         fn = lambda: chunk_log_linear_attn(*leaves)[0]
     else:
-        local = "torch" if op == "gdn-torch" else "triton"
-        fn = lambda: chunk_log_linear_gated_delta_rule(
-            *leaves, use_qk_l2norm_in_kernel=True, _gdn_local=local)[0]
+        if plan is None and op == "gdn-torch":
+            q, v = leaves[0], leaves[2]
+            plan = plan_for(q.shape[-1], v.shape[-1], v.shape[0] * v.shape[2], v.dtype, v.device, local="torch")
+        fn = lambda: chunk_log_linear_gated_delta_rule(*leaves, use_qk_l2norm_in_kernel=True, _plan=plan)[0]
     return fn if forward_only else lambda: fn().backward(do)
 
 

@@ -1,7 +1,7 @@
 """Time vs sequence length of the log-linear Gated DeltaNet kernels (CUDA only).
 
 bf16, H = 16, K = V = 128, 32K tokens per batch (B = 32768 / T), forward and forward+backward of
-ours (the default chunk-local implementation, FLA_LOGLINEAR_GDN_LOCAL, i.e. the fused Triton
+ours (the default launch plan, i.e. the fused Triton
 kernels), "ours-torchlocal" (the batched PyTorch local part, at three lengths only), fla's
 chunk_gated_delta_rule (use_qk_l2norm_in_kernel=True) and causal SDPA with torch's choice of backend,
 flash and cuDNN (benchmarks/sdpa.py).  At most 5 rounds each.
@@ -44,9 +44,14 @@ def make_fn(impl):
             chunk_log_linear_gated_delta_rule,
         )
 
-        # "ours" leaves the chunk-local implementation to the module switch (env var)
-        opts = dict(_gdn_local="torch") if impl == "ours-torchlocal" else {}
-        return lambda *x: chunk_log_linear_gated_delta_rule(*x, use_qk_l2norm_in_kernel=True, **opts)[0]
+        from fla_loglinear.ops.log_linear_gated_delta_rule.plan import plan_for
+
+        # "ours" takes the default launch plan; "ours-torchlocal" the PyTorch chunk-local part
+        def plan(q, v):
+            if impl != "ours-torchlocal":
+                return None
+            return plan_for(q.shape[-1], v.shape[-1], v.shape[0] * v.shape[2], v.dtype, v.device, local="torch")
+        return lambda *x: chunk_log_linear_gated_delta_rule(*x, use_qk_l2norm_in_kernel=True, _plan=plan(x[0], x[2]))[0]
     if impl == "fla":
         import fla.ops.common.chunk_o as chunk_o
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule
@@ -80,9 +85,11 @@ def test_bench_log_linear_gated_delta_rule(benchmark, T, impl, mode):
     benchmark.extra_info.update(T=T, B=max(1, TOKENS // T), H=H, K=D, V=D, impl=impl, op=impl, mode=mode,
                                 dtype="bfloat16")
     if impl == "ours":
-        from fla_loglinear.ops.log_linear_gated_delta_rule import chunk as gdn_chunk
+        from fla_loglinear.ops.log_linear_gated_delta_rule.plan import plan_for
 
-        benchmark.extra_info["local"] = gdn_chunk.LOCAL_IMPL
+        q, v = inputs[0], inputs[2]
+        benchmark.extra_info["local"] = plan_for(q.shape[-1], v.shape[-1], v.shape[0] * v.shape[2], v.dtype,
+                                                 v.device).local
     if impl == "fla":
         benchmark.extra_info["fla_hopper_bwd_guard_disabled"] = True
     if backend is not None:

@@ -1,6 +1,8 @@
 """Exhaustive small checks of fla_loglinear.levels against brute-force Fenwick definitions."""
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from fla_loglinear.levels import (
     advance_level,
@@ -14,6 +16,7 @@ from fla_loglinear.levels import (
     slot_written_at,
     state_slot_weights,
 )
+from fla_loglinear.ops import triton_levels as tlv
 
 MAX_T = 130
 
@@ -172,3 +175,37 @@ def test_slot_written_at_is_the_last_merge_into_each_slot():
                     assert got[p, l].item() == last[l], (p, L, l)
     with pytest.raises(ValueError, match="L must be >= 1"):
         slot_written_at(torch.tensor([3]), 0)
+
+
+@triton.jit
+def _probe(a_ptr, b_ptr, bl_out, tz_out, mm_out, occ_out, wr_out, L: tl.constexpr, NB: tl.constexpr):
+    i = tl.program_id(0)
+    a = tl.load(a_ptr + i)
+    b = tl.load(b_ptr + i)
+    tl.store(bl_out + i, tlv.bit_length(a ^ b, NB))
+    tl.store(tz_out + i, tlv.trailing_zeros(b, NB))
+    tl.store(mm_out + i, tlv.merge_slot(a, b, L))
+    for l in tl.static_range(L):
+        tl.store(occ_out + i * L + l, tlv.slot_occupied(b, l, L).to(tl.int8))
+        tl.store(wr_out + i * L + l, tlv.slot_written_at(b, l))
+
+
+def test_triton_level_helpers_match_levels():
+    """fla_loglinear/ops/triton_levels.py (the in-kernel copies every kernel imports) against levels.py
+    on random positions, small and large (under the interpreter on the CPU, natively with a GPU)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(0)
+    a = torch.cat([torch.randint(0, 300, (24,), generator=gen), torch.randint(0, 2 ** 40, (8,), generator=gen)])
+    b = a + torch.cat([torch.randint(1, 130, (24,), generator=gen), torch.randint(1, 2 ** 30, (8,), generator=gen)])
+    L, NB = 9, 48
+    outs = [torch.empty(a.numel(), dtype=torch.int64) for _ in range(3)]
+    occ = torch.empty(a.numel(), L, dtype=torch.int8)
+    wr = torch.empty(a.numel(), L, dtype=torch.int64)
+    args = [x.to(device) for x in (a, b, *outs, occ, wr)]
+    _probe[(a.numel(),)](*args, L=L, NB=NB)
+    bl, tz, mm, occ, wr = (x.cpu() for x in args[2:])
+    assert bl.tolist() == bit_length(a ^ b).tolist()
+    assert tz.tolist() == [(x & -x).bit_length() - 1 for x in b.tolist()]
+    assert mm.tolist() == [min(advance_level(x, y), L - 1) for x, y in zip(a.tolist(), b.tolist())]
+    assert torch.equal(occ.bool(), occupied_slots(b, L))
+    assert torch.equal(wr, slot_written_at(b, L))

@@ -3,8 +3,9 @@
 A call takes the PyTorch path (fla_loglinear.patches.cpu_ops) only when every tensor argument is a
 CPU tensor; any other call reaches fla's original code with the same arguments, so GPU behaviour
 is unchanged. Where fla has a dispatch point (`fla.backends.dispatch`) a CPU backend is registered
-on it; elsewhere the function or method is replaced by a device switch, in every loaded module that
-holds it (names bound with `from ... import ...` included), and unpatch_cpu() puts the originals back.
+on it; elsewhere the function or method is replaced by a device switch, in every loaded fla module
+that holds it (names bound with `from ... import ...` inside fla included; modules outside fla are
+never touched), and unpatch_cpu() puts back exactly the originals it replaced.
 
 Covered: RMSNorm / LayerNorm / GroupNorm (and their prenorm-residual forms), FusedRMSNormGated and
 the other gated norms, Mamba-2's RMSNormGated / rmsnorm_fn, l2norm, swiglu / swiglu_linear
@@ -176,24 +177,30 @@ def _method_switch(original: Callable, cpu_impl: Callable) -> Callable:
     return routed
 
 
-def _rebind_everywhere(old: Any, new: Any) -> list[tuple[str, str]]:
-    """Point every loaded module attribute that is `old` at `new`; returns (module, name) pairs."""
+def _fla_modules():
+    """fla's own loaded modules: the only namespaces the CPU patch rebinds names in (a user's module
+    that imported an fla function keeps its own binding)."""
+    return [(name, module) for name, module in list(sys.modules.items())
+            if (name == 'fla' or name.startswith('fla.')) and isinstance(getattr(module, '__dict__', None), dict)]
+
+
+def _rebind_in_fla(old: Any, new: Any) -> list[tuple[dict, str]]:
+    """Point every attribute of fla's loaded modules that is `old` at `new`; returns (namespace, name) pairs."""
     bound = []
-    for module_name, module in list(sys.modules.items()):
-        namespace = getattr(module, '__dict__', None)
-        if not isinstance(namespace, dict):
-            continue
+    for _, module in _fla_modules():
+        namespace = module.__dict__
         for name, value in list(namespace.items()):
             if value is old:
                 namespace[name] = new
-                bound.append((module_name, name))
+                bound.append((namespace, name))
     return bound
 
 
 @dataclass
 class _Record:
     backends: list[tuple[Any, str, Any]] = field(default_factory=list)   # (registry, type, previous)
-    functions: list[tuple[Callable, Callable]] = field(default_factory=list)  # (original, switch)
+    # (original, switch, the fla namespaces and names it was bound to)
+    functions: list[tuple[Callable, Callable, list]] = field(default_factory=list)
     methods: list[tuple[type, str, Any]] = field(default_factory=list)   # (class, name, previous)
 
 
@@ -212,8 +219,7 @@ def _register(record: _Record, registry, backend: BaseBackend) -> None:
 def _switch_function(record: _Record, module_name: str, attr: str, cpu_impl: Callable) -> None:
     original = getattr(importlib.import_module(module_name), attr)
     routed = _switch(original, cpu_impl)
-    _rebind_everywhere(original, routed)
-    record.functions.append((original, routed))
+    record.functions.append((original, routed, _rebind_in_fla(original, routed)))
 
 
 def patch_cpu() -> None:
@@ -259,9 +265,11 @@ def _undo(record: _Record) -> None:
             delattr(cls, attr)
         else:
             setattr(cls, attr, previous)
-    for original, routed in reversed(record.functions):
-        # modules imported while patched may hold the switch too: the scan finds them as well.
-        _rebind_everywhere(routed, original)
+    for original, routed, bound in reversed(record.functions):
+        for namespace, name in bound:
+            namespace[name] = original
+        # fla modules imported while patched may hold the switch too
+        _rebind_in_fla(routed, original)
     for registry, backend_type, previous in reversed(record.backends):
         if previous is _MISSING:
             registry._backends.pop(backend_type, None)

@@ -121,10 +121,11 @@ def gdn_scan_launches(K: int, V: int, dtype: torch.dtype) -> list[tuple]:
     """``(name, kernel, constexprs, pointer dtypes, num_warps, num_stages)`` of every GDN slot-scan
     launch the CUDA path makes at head dims ``K``, ``V`` (forward, replay, slot-gradient scan, the
     per-chunk gradient kernel's launches)."""
-    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter as ci
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter_bwd as cib
+    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter_fwd as cif
+    from fla_loglinear.ops.log_linear_gated_delta_rule.plan import grads_launches, out_blocks, plan_for, reloads_operands
     from fla_loglinear.ops.triton_env import dot_precision
 
-    ci._INTERPRET = False  # the CUDA block sizes
     dt = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
     ptrs = {n: dt for n in ("qe", "w", "kd", "u", "hs", "dhs", "dqe", "dw", "dkd")}
     ptrs.update(chunk_offsets="i32", pos_start="i64", pos_end="i64", live_out="i64", live_in="i64",
@@ -132,25 +133,27 @@ def gdn_scan_launches(K: int, V: int, dtype: torch.dtype) -> list[tuple]:
     prec = dot_precision(dtype)
     out = []
     # the sweeps take 16-wide V blocks when 32-wide ones give few programs
-    for BK, BV, num_warps in sorted({ci._scan_blocks(K, V, few) for few in (False, True)}):
-        base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec, PREFETCH=ci.prefetches(BK, BV))
-        out += [(f"fwd STORE={store} BV={BV}", ci.chunk_inter_fwd_kernel,
+    # (the plan of a CUDA device at either program count; the device only counts the SMs)
+    plans = {plan_for(K, V, 16, dtype, "cpu", few_programs=few) for few in (False, True)}
+    BK = out_blocks(K, V)[0]
+    for BV, num_warps, prefetch in sorted({(p.sweep_bv, p.sweep_warps, p.prefetch) for p in plans}):
+        base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec, PREFETCH=prefetch)
+        out += [(f"fwd STORE={store} BV={BV}", cif.chunk_inter_fwd_kernel,
                  dict(base, HAS_H0=True, STORE=store, META=not store, SEG=False), ptrs, num_warps, None)
                 for store in (False, True)]
-        out.append((f"fwd segment BV={BV}", ci.chunk_inter_fwd_kernel,
+        out.append((f"fwd segment BV={BV}", cif.chunk_inter_fwd_kernel,
                     dict(base, HAS_H0=True, STORE=True, META=True, SEG=True), ptrs, num_warps, None))
-        out.append((f"bwd BV={BV}", ci.chunk_inter_bwd_kernel, dict(base, RELOAD=ci.reloads_operands(BK, dtype), PART=1), ptrs,
+        out.append((f"bwd BV={BV}", cib.chunk_inter_bwd_kernel, dict(base, RELOAD=reloads_operands(BK, dtype), PART=1), ptrs,
                     num_warps, None))
-    BK, BV, num_warps = ci._blocks(K, V)
+    BK, BV, num_warps = out_blocks(K, V)
     base = dict(HV=16, K=K, V=V, L=14, C=64, BK=BK, BV=BV, PREC=prec, PART=1)
-    out.append(("segment output", ci.chunk_inter_out_kernel, base, ptrs, num_warps, None))
-    BK, BV, num_warps = ci._grads_blocks(K, V, dtype)
-    base = dict(base, BK=BK, BV=BV)
-    for launch in ci.grads_launches(dtype):
+    out.append(("segment output", cif.chunk_inter_out_kernel, base, ptrs, num_warps, None))
+    base = dict(base, BV=plan_for(K, V, 16, dtype, "cpu").grads_bv)
+    for launch in grads_launches(dtype):
         launch = dict(launch)
         stages = launch.pop("num_stages", None)
         groups = ",".join(k for k, on in launch.items() if on)
-        out.append((f"grads {groups}", ci.chunk_inter_grads_kernel, dict(base, **launch), ptrs, num_warps, stages))
+        out.append((f"grads {groups}", cib.chunk_inter_grads_kernel, dict(base, **launch), ptrs, num_warps, stages))
     return out
 
 

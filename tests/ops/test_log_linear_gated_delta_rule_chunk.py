@@ -3,7 +3,7 @@
 On the CPU the Triton kernels run under the interpreter (tests/conftest.py) and are forced
 with the private ``_force_triton`` flag; with CUDA the same op runs them natively.
 """
-import os
+import dataclasses
 
 import pytest
 import torch
@@ -15,6 +15,7 @@ from fla_loglinear.ops.log_linear_gated_delta_rule import (
     naive_quadratic_log_linear_gated_delta_rule,
     naive_recurrent_log_linear_gated_delta_rule,
 )
+from fla_loglinear.ops.log_linear_gated_delta_rule.plan import GDNLaunchPlan, plan_for
 from fla_loglinear.state import FenwickState
 from tests.ops.states import empty_slots, with_junk_in_empty_slots
 from tests.ops.sm90 import MMA_HEAD_DIMS, run_uninterpreted
@@ -43,6 +44,14 @@ def make_inputs(B, T, H, HV, K, V, L, dtype=torch.float64, device="cpu", seed=0,
         beta = torch.sigmoid(rnd(B, T, HV)) * (0.1 if slow else 1.0)
     lam = torch.rand(B, T, HV, L, generator=gen, dtype=torch.float64).to(device) + 0.5
     return [x.to(dtype).requires_grad_(True) for x in (q, k, v, g, beta, lam)]
+
+
+def plan_of(xs, N, local=None, **fields):
+    """The default launch plan of inputs ``xs`` (q, k, v, ...) of ``N`` sequences, ``local`` asked for,
+    with ``fields`` replaced."""
+    q, v = xs[0], xs[2]
+    plan = plan_for(q.shape[-1], v.shape[-1], N * v.shape[2], v.dtype, v.device, local=local)
+    return dataclasses.replace(plan, **fields)
 
 
 def random_state(N, HV, L, K, V, positions, device="cpu", seed=1):
@@ -104,46 +113,37 @@ def test_chunk_matches_recurrent_forward_and_backward(B, T, H, HV, K, V, L, star
     assert_chunk_matches_recurrent(make_inputs(B, T, H, HV, K, V, L, slow=slow), h0)
 
 
-def test_slot_scan_with_several_value_blocks(monkeypatch):
+def test_slot_scan_with_several_value_blocks():
     """The GPU splits V into blocks (one program each in the scans, a loop in the per-chunk gradient
     kernel); the interpreter takes one block unless told otherwise: here 16-wide blocks over V = 40."""
-    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter
-
-    monkeypatch.setattr(chunk_inter, "_blocks", lambda K, V: (max(16, K), 16, 4))
     B, T, H, HV, K, V, L = 2, 200, 1, 2, 32, 40, 6
-    assert_chunk_matches_recurrent(make_inputs(B, T, H, HV, K, V, L, seed=21, slow=True),
-                                   random_state(B, HV, L, K, V, [45, 130]))
+    xs = make_inputs(B, T, H, HV, K, V, L, seed=21, slow=True)
+    assert_chunk_matches_recurrent(xs, random_state(B, HV, L, K, V, [45, 130]),
+                                   _plan=plan_of(xs, B, sweep_bv=16, sweep_warps=4, grads_bv=16))
 
 
 @pytest.mark.parametrize("start", [None, [37, 0]])
-def test_slot_scan_prefetching(monkeypatch, start):
+def test_slot_scan_prefetching(start):
     """The sweeps' one-slot-ahead loads (on the GPU at K = 128 with 16-wide V blocks), forced here:
     live and dead slots, merges, varlen, with and without an initial state (with one, every slot
     counts as live from the start)."""
-    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter
-
-    monkeypatch.setattr(chunk_inter, "prefetches", lambda BK, BV: True)
     B, T, H, HV, K, V, L = 1, 700, 1, 1, 32, 16, 12
     xs = make_inputs(B, T, H, HV, K, V, L, seed=22, slow=True)
     cu = torch.tensor([0, 610, 700])
     h0 = None if start is None else random_state(2, HV, L, K, V, start)
-    assert_chunk_matches_recurrent(xs, h0, cu)
+    assert_chunk_matches_recurrent(xs, h0, cu, _plan=plan_of(xs, 2, prefetch=True))
 
 
 @pytest.mark.parametrize("start", [None, [5, 64, 300]])
-def test_segmented_forward(monkeypatch, start):
+def test_segmented_forward(start):
     """The forward sweep in segments of 3 chunks (on the GPU with few sweep programs), each segment's
     output computed from its stored slots after it: varlen sequences of 10, 2 and 1 chunks, so
     segments end inside, at and past a sequence's last chunk."""
-    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter
-
-    monkeypatch.setattr(chunk_inter, "segments_forward", lambda NH, V, device: True)
-    monkeypatch.setattr(chunk_inter, "SEGMENT_CHUNKS", 3)
     B, T, H, HV, K, V, L = 1, 760, 1, 2, 32, 16, 10
     xs = make_inputs(B, T, H, HV, K, V, L, seed=24, slow=True)
     cu = torch.tensor([0, 610, 700, 760])
     h0 = None if start is None else random_state(3, HV, L, K, V, start)
-    assert_chunk_matches_recurrent(xs, h0, cu)
+    assert_chunk_matches_recurrent(xs, h0, cu, _plan=plan_of(xs, 3, segment_chunks=3))
 
 
 def test_chunk_matches_quadratic():
@@ -361,14 +361,16 @@ def local_inputs(B, T, HV, K, V, L, dtype, seed):
 
 
 def check_fused_local(B, T, HV, K, V, L, start, cu, dtype, tol, device="cpu", seed=20):
-    from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, make_layout
-    from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import chunk_local_fused_fwd
+    """The fused local part's forward and backward launchers against autograd over the PyTorch one (float64)."""
+    from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import local_part_bwd, local_part_fwd
+    from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd
+    from fla_loglinear.ops.log_linear_gated_delta_rule.layout import make_layout
 
-    ins = [x.detach().to(device).requires_grad_(True) for x in local_inputs(B, T, HV, K, V, L, dtype, seed)]
+    ins = [x.detach().to(device) for x in local_inputs(B, T, HV, K, V, L, dtype, seed)]
     ref_in = [x.detach().double().requires_grad_(True) for x in ins]
     cu = None if cu is None else torch.tensor(cu, device=device)
     layout = make_layout(B, T, cu, start, device)
-    got = chunk_local_fused_fwd(*ins, 0.3, layout, torch.float32)
+    got, residuals = local_part_fwd(*ins, 0.3, layout, True)
     want = chunk_local_fwd(*ref_in, 0.3, layout, torch.float64)
     names = ["o_intra", "qe", "w", "kd", "u", "gamma", "omega", "end_keys"]
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
@@ -380,11 +382,11 @@ def check_fused_local(B, T, HV, K, V, L, start, cu, dtype, tol, device="cpu", se
             assert a.shape == b.shape, name
             assert_close(a, b, tol, name)
 
-    def loss(outs):
-        return sum((x.double() * w).sum() for x, w in zip(outs, weights) if x is not None)
-
-    for name, a, b in zip(["q", "k", "v", "g", "beta", "lam"], torch.autograd.grad(loss(got), ins),
-                          torch.autograd.grad(loss(want), ref_in)):
+    douts = [None if a is None else wt.to(a.dtype) for a, wt in zip(got, weights)]
+    loss = sum((x * wt).sum() for x, wt, a in zip(want, weights, got) if a is not None)
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "lam"], local_part_bwd(residuals, douts, 0.3, layout, True, B, T),
+                          torch.autograd.grad(loss, ref_in)):
+        assert a.dtype == dtype, name
         assert_close(a, b, tol, f"d{name}")
 
 
@@ -413,7 +415,7 @@ def test_chunk_with_fused_local_matches_recurrent(B, T, H, HV, K, V, L, start, c
     N = B if cu is None else len(cu) - 1
     h0 = None if start is None else random_state(N, HV, L, K, V, start)
     cu = None if cu is None else torch.tensor(cu)
-    assert_chunk_matches_recurrent(xs, h0, cu, tol=1e-4, _gdn_local="triton")
+    assert_chunk_matches_recurrent(xs, h0, cu, tol=1e-4, _plan=plan_of(xs, N, local="triton"))
 
 
 @pytest.mark.parametrize("local", ["triton", "torch"])
@@ -422,11 +424,11 @@ def test_chunk_bf16_matches_recurrent(local, exact_bf16_dot):
     B, T, H, HV, K, V, L, start, cu = 1, 199, 1, 2, 32, 16, 6, [0, 63, 129], [0, 5, 75, 199]
     xs = [x.detach().bfloat16().requires_grad_(True) for x in make_inputs(B, T, H, HV, K, V, L, seed=23)]
     assert_chunk_matches_recurrent(xs, random_state(3, HV, L, K, V, start), torch.tensor(cu), tol=3e-2,
-                                   _gdn_local=local)
+                                   _plan=plan_of(xs, 3, local=local))
 
 
 @pytest.mark.skipif(CUDA, reason="checks the dispatch of CPU inputs under the interpreter")
-def test_local_switch_selects_the_implementation(monkeypatch):
+def test_plan_selects_the_local_implementation(monkeypatch):
     from fla_loglinear.ops.log_linear_gated_delta_rule import chunk as chunk_mod
 
     calls = []
@@ -437,31 +439,41 @@ def test_local_switch_selects_the_implementation(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(chunk_mod, "chunk_local_fused_fwd", spy)
-    q, k, v, g, beta, lam = (x.detach().float() for x in make_inputs(1, 70, 1, 1, 32, 32, 3, seed=22))
-    o_torch, _ = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, _force_triton=True, _gdn_local="torch")
+    xs = [x.detach().float() for x in make_inputs(1, 70, 1, 1, 32, 32, 3, seed=22)]
+    o_torch, _ = chunk_log_linear_gated_delta_rule(*xs, _force_triton=True, _plan=plan_of(xs, 1, local="torch"))
     # the CPU never takes the fused kernels unless a call asks for them
-    monkeypatch.setattr(chunk_mod, "LOCAL_IMPL", "triton")
-    o_default, _ = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, _force_triton=True)
+    assert plan_of(xs, 1).local == "torch"
+    o_default, _ = chunk_log_linear_gated_delta_rule(*xs, _force_triton=True)
     assert not calls
-    o_fused, _ = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, _force_triton=True, _gdn_local="triton")
+    o_fused, _ = chunk_log_linear_gated_delta_rule(*xs, _force_triton=True, _plan=plan_of(xs, 1, local="triton"))
     assert calls == [1]
     assert torch.equal(o_torch, o_default)
     assert_close(o_fused, o_torch, 1e-5, "o")
-    with pytest.raises(ValueError, match="_gdn_local"):
-        chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, _force_triton=True, _gdn_local="cuda")
+    # head dims below 32 take the PyTorch part
+    assert plan_for(16, 32, 1, torch.float32, "cpu", local="triton").local == "torch"
 
 
-def test_local_switch_env_var():
-    import subprocess
-    import sys
+def test_bad_plans_raise_before_any_work():
+    xs = [x.detach().float() for x in make_inputs(1, 70, 1, 1, 16, 32, 3, seed=22)]
+    with pytest.raises(ValueError, match="local"):
+        plan_for(32, 32, 1, torch.float32, "cpu", local="cuda")
+    with pytest.raises(ValueError, match="local"):
+        dataclasses.replace(plan_of(xs, 1), local="fast")
+    with pytest.raises(TypeError, match="_plan must be a GDNLaunchPlan"):
+        chunk_log_linear_gated_delta_rule(*xs, _force_triton=True, _plan=dict(streams=False))
+    with pytest.raises(ValueError, match="K = 16"):
+        chunk_log_linear_gated_delta_rule(*xs, _force_triton=True,
+                                          _plan=dataclasses.replace(plan_of(xs, 1), local="triton"))
 
-    code = ("from fla_loglinear.ops.log_linear_gated_delta_rule import chunk as c; "
-            "assert c.LOCAL_IMPL == 'torch', c.LOCAL_IMPL")
-    env = dict(os.environ, FLA_LOGLINEAR_GDN_LOCAL="torch")
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
-    env["FLA_LOGLINEAR_GDN_LOCAL"] = "fast"
-    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "FLA_LOGLINEAR_GDN_LOCAL" in bad.stderr
+
+def test_plan_without_streams():
+    """``streams=False`` (the docstring's way to keep to the caller's stream) turns off every choice
+    that needs a second stream, and nothing else."""
+    on = plan_for(128, 128, 32, torch.bfloat16, "cpu")
+    off = plan_for(128, 128, 32, torch.bfloat16, "cpu", streams=False)
+    assert not off.streams and not off.replay_beside
+    assert dataclasses.replace(off, streams=True) == on
+    assert isinstance(on, GDNLaunchPlan)
 
 
 # ------------------------------------------ Hopper MMA shapes (compile only, no GPU needed) -----
@@ -510,22 +522,25 @@ def test_gpu_forward_backward_vs_reference(dtype, T, tol, local):
 # heads takes 32-wide ones (results run 19), forced here
 @needs_cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.bfloat16, 3e-2)])
-def test_gpu_slot_scan_with_many_programs(monkeypatch, dtype, tol):
-    from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter
-
-    monkeypatch.setattr(chunk_inter, "few_programs", lambda NH, V, device: False)
-    check_gpu_vs_reference(dtype, 2048, tol, "triton")
+def test_gpu_slot_scan_with_many_programs(dtype, tol):
+    check_gpu_vs_reference(dtype, 2048, tol, "triton", few_programs=False)
 
 
-def check_gpu_vs_reference(dtype, T, tol, local):
+@needs_cuda
+def test_gpu_without_streams():
+    check_gpu_vs_reference(torch.bfloat16, 8192, 3e-2, "triton", streams=False)
+
+
+def check_gpu_vs_reference(dtype, T, tol, local, **plan_args):
     """The CUDA path from a random state against the chunked PyTorch reference in float32: output,
     final state and every gradient."""
     B, H, HV, K, V, L = 1, 2, 4, 128, 128, 14
     q, k, v, g, beta, lam = make_inputs(B, T, H, HV, K, V, L, dtype=dtype, device="cuda", seed=10, slow=True)
     h0 = random_state(B, HV, L, K, V, [1234567], device="cuda")
     inputs = [q, k, v, g, beta, lam, h0.states]
+    plan = plan_for(K, V, B * HV, dtype, "cuda", local=local, **plan_args)
     out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
-                                            _gdn_local=local)
+                                            _plan=plan)
     ref_in = [x.detach().float().requires_grad_(True) for x in (q, k, v, g, beta, lam)]
     ref = naive_chunk_log_linear_gated_delta_rule(*ref_in, initial_state=h0, output_final_state=True)
     assert_close(out[0], ref[0], tol, "o")
@@ -550,7 +565,7 @@ def test_gpu_head_dims_and_varlen(K, dtype, local):
     h0 = random_state(4, 2, 9, K, K, [0, 5, 64, 100001], device="cuda")
     inputs = [q, k, v, g, beta, lam, h0.states]
     out = chunk_log_linear_gated_delta_rule(q, k, v, g, beta, lam, initial_state=h0, output_final_state=True,
-                                            cu_seqlens=cu, _gdn_local=local)
+                                            cu_seqlens=cu, _plan=plan_of((q, k, v), 4, local=local))
     ref_in = [x.detach().float().requires_grad_(True) for x in (q, k, v, g, beta, lam)]
     ref = naive_chunk_log_linear_gated_delta_rule(*ref_in, initial_state=h0, output_final_state=True,
                                                   cu_seqlens=cu)

@@ -207,7 +207,7 @@ def test_gpu_decode(dtype, tol, K, T):
 
 
 # launch shapes besides the default (32-wide V blocks, 4 warps at K = 128), swept by
-# benchmarks/sweep_gdn_decode.py
+# benchmarks/dev/sweep_gdn_decode.py
 @needs_cuda
 @pytest.mark.parametrize("BV,num_warps", [(16, 4), (64, 4), (32, 2), (32, 8), (64, 8), (16, 2), (128, 8)])
 def test_gpu_decode_launch_shapes(monkeypatch, BV, num_warps):

@@ -61,10 +61,12 @@ def check_against(fn, ref, *tensors, atol=2e-5):
 # ------------------------------------------------------------------ restore / idempotence
 
 def _bindings(objs):
-    """(module, name) -> object for every loaded module attribute that is one of objs."""
+    """(module, name) -> object for every attribute of fla's loaded modules that is one of objs."""
     ids = {id(o) for o in objs}
     found = {}
     for module_name, module in list(sys.modules.items()):
+        if module_name != "fla" and not module_name.startswith("fla."):
+            continue
         namespace = getattr(module, "__dict__", None)
         if isinstance(namespace, dict):
             for name, value in list(namespace.items()):
@@ -97,6 +99,12 @@ def test_unpatch_restores_every_original():
     unpatch_cpu()
     bindings, methods, registries = _snapshot()
     assert len(bindings) >= len(cpu._SWITCHED)
+    # a user's module that imported fla functions before patching keeps its own bindings throughout
+    import types
+    user = types.ModuleType("user_module_for_test")
+    user_names = {f"f{i}": original for i, original in enumerate(bindings.values())}
+    vars(user).update(user_names)
+    sys.modules[user.__name__] = user
     patch_cpu()
     patch_cpu()  # idempotent
     assert cpu.is_cpu_patched()
@@ -106,9 +114,9 @@ def test_unpatch_restores_every_original():
         assert cls.__dict__.get(attr) is not original
     for registry, before in registries:
         assert registry._backends.get("cpu_torch") is not None
-    # a module that binds a switched name while patched is restored too
-    import types
-    late = types.ModuleType("late_binder_for_test")
+    assert all(vars(user)[n] is f for n, f in user_names.items())
+    # an fla module that binds a switched name while patched is restored too
+    late = types.ModuleType("fla.late_binder_for_test")
     late.fn = vars(sys.modules[cpu._SWITCHED[0][0]])[cpu._SWITCHED[0][1]]
     sys.modules[late.__name__] = late
     try:
@@ -116,8 +124,10 @@ def test_unpatch_restores_every_original():
         unpatch_cpu()  # idempotent
         assert not cpu.is_cpu_patched()
         assert late.fn is next(v for (m, n), v in bindings.items() if n == cpu._SWITCHED[0][1])
+        assert all(vars(user)[n] is f for n, f in user_names.items())
     finally:
         del sys.modules[late.__name__]
+        del sys.modules[user.__name__]
     for (module_name, name), original in bindings.items():
         assert vars(sys.modules[module_name])[name] is original, (module_name, name)
     for (cls, attr), original in methods.items():

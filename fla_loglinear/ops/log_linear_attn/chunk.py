@@ -162,6 +162,7 @@ def chunk_log_linear_attn_fwd(q, k, v, g, level_scales, h0, output_final_state, 
 
 def _reverse_cumsum(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
     """Suffix sums within each sequence of ``x [rows, H]`` (float64: one pass over all rows)."""
+    # not fla's chunk_global_cumsum(reverse=True): it sums in fp32 chunk by chunk, this in float64
     prefix = torch.zeros(x.shape[0] + 1, x.shape[1], dtype=torch.float64, device=x.device)
     prefix[1:] = _prefix_sum_rows(x)
     seq = torch.repeat_interleave(torch.arange(layout.N, device=x.device), layout.seq_len, output_size=x.shape[0])

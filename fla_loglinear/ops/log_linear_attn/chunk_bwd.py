@@ -18,7 +18,7 @@ from fla_loglinear.ops.log_linear_attn.chunk_fwd import (
     load_chunk_meta,
     load_seq_meta,
 )
-from fla_loglinear.ops.log_linear_attn.triton_levels import bit_length, trailing_zeros
+from fla_loglinear.ops.triton_levels import bit_length, trailing_zeros
 
 
 @triton.jit(do_not_specialize=["scale"])

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from fla.ops.utils.op import exp
 
-from fla_loglinear.ops.log_linear_attn.triton_levels import bit_length, trailing_zeros
+from fla_loglinear.ops.triton_levels import bit_length, trailing_zeros
 
 
 @triton.jit

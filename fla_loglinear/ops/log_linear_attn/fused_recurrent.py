@@ -15,7 +15,7 @@ from fla.ops.utils.op import exp
 from fla_loglinear.ops.checks import check_inplace_state, check_state, finish_inplace
 from fla_loglinear.ops.log_linear_attn.args import check_log_linear_attn_args
 from fla_loglinear.ops.log_linear_attn.naive import naive_recurrent_log_linear_attn
-from fla_loglinear.ops.log_linear_attn.triton_levels import bit_length, slot_occupied
+from fla_loglinear.ops.triton_levels import bit_length, slot_occupied
 from fla_loglinear.ops.triton_env import use_triton
 from fla_loglinear.state import FenwickState
 

@@ -11,7 +11,7 @@ hand-written backward instead of autograd over dense ``[NC, HV, C, C]`` tensors:
   Without CUDA (interpreter tests) the same two tensors come from :func:`wy_prep_torch`.
 * :func:`chunk_local_fused_fwd_kernel` computes ``W, U, Qeff, Kd, gamma``, the per-slot query
   weights ``omega`` and the lambda-masked intra-chunk output, writing them in the
-  ``[NC, HV, C, ...]`` layout the slot scan (:mod:`.chunk_inter`) reads.
+  ``[NC, HV, C, ...]`` layout the slot scan (:mod:`.chunk_inter_fwd`) reads.
 * :func:`chunk_local_fused_bwd_kernel` takes the gradients of all of these and returns those
   of ``q, k, v, g, beta, level_scales`` (``g`` through the in-chunk cumulative sum).
 
@@ -23,16 +23,9 @@ The last chunk of a sequence that ends inside it holds keys for several slots of
 state; those (at most N chunks) are redone in PyTorch by :func:`.chunk_local.end_chunk_keys`,
 so that their gradients flow by autograd.
 
-Status (issue 4, third pass): checked under the Triton interpreter against the PyTorch local part
-in fp32, fp16 and bf16 (bf16 with the tests' exact-dot patch of the interpreter), alone and inside
-the whole op; compiled ahead of time for sm_90 (triton 3.9 here) at K = V in {32, 64, 128, 256}
-in bf16 / fp16 / fp32: shared memory <= 160 KB; at bf16 K = 128 the forward uses 206 registers
-(no spills), the backward 255 registers and 144 bytes of spills.
-
-Run 4 (H200, triton 3.6) hit an illegal memory access at K = 16 (fp32), where 16-wide blocks under
-8 warps lower to 8-column TF32 wgmma (the shape of triton-lang/triton#10629); blocks are now at
-least 32 wide (:func:`_config`), and the tests lower both kernels for sm_90 and check the MMA
-shapes.  Not yet re-run on a GPU.
+Blocks are at least 32 wide (:func:`_config`): 16-wide blocks under 8 warps lower to 8-column TF32
+wgmma on sm_90, which can read shared memory past its operand (triton-lang/triton#10629); the tests
+lower both kernels for sm_90 and check the MMA shapes.
 """
 from __future__ import annotations
 
@@ -42,36 +35,30 @@ import torch
 import triton
 import triton.language as tl
 
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import ChunkLayout, end_chunk_keys
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import unit_lower_inverse
+from fla_loglinear.ops.log_linear_gated_delta_rule.layout import PaddedChunkLayout
 from fla_loglinear.ops.triton_env import dot_precision
+from fla_loglinear.ops.triton_levels import bit_length
 
-__all__ = ["ChunkLocalFusedFunction", "chunk_local_fused_fwd", "wy_prep", "wy_prep_torch", "pad_tokens"]
+__all__ = ["chunk_local_fused_fwd", "chunk_local_fused_bwd", "wy_prep", "wy_prep_torch"]
 
+# not fla.ops.utils.constant.RCP_LN2 (1.4426950216, rounded at the 9th digit): the exact value
 RCP_LN2 = 1.0 / math.log(2.0)
 # log2 of the chunk size: in-chunk levels are 0 .. LOG_C
 LOG_C = 6
 _LOG_C = tl.constexpr(LOG_C)
 # the forward kernel; _config's minimum block width depends on it
 NUM_WARPS = 8
-# the backward: one warpgroup was 10% / 6% faster at 4K / 64K in results run 22's sweep (bf16, K = V = 128);
+# the backward: one warpgroup was faster than two at short and long sequences (bf16, K = V = 128);
 # its products are then at least 32 columns wide (sm_90 lowering: no narrow TF32 wgmma, <= 128 KB shared)
 BWD_NUM_WARPS = 4
-
-
-@triton.jit
-def _bit_length_small(x, NB: tl.constexpr):
-    # levels.py's bit_length, for 0 <= x < 2**NB (local indices inside one aligned chunk)
-    n = tl.zeros_like(x)
-    for b in tl.static_range(NB):
-        n += ((x >> b) > 0).to(x.dtype)
-    return n
 
 
 @triton.jit
 def _level_mask(lam_row_ptr, o_i, incl, L, NLI: tl.constexpr, C: tl.constexpr):
     # Lambda[i, j] = lam_i[min(level(i, j), L - 1)]; in an aligned chunk level(t, s) of
     # levels.py is bit_length(i ^ j) of the local indices
-    lvl = tl.minimum(_bit_length_small(o_i[:, None] ^ o_i[None, :], _LOG_C + 1), L - 1)
+    lvl = tl.minimum(bit_length(o_i[:, None] ^ o_i[None, :], _LOG_C + 1), L - 1)
     b_lm = tl.zeros([C, C], dtype=tl.float32)
     for l in tl.static_range(NLI):
         b_l = tl.load(lam_row_ptr + l).to(tl.float32)
@@ -150,7 +137,7 @@ def chunk_local_fused_fwd_kernel(
 
     # omega[t, l] = lam_t[min(max(l, bit_length(t ^ a)), L - 1)] (levels.state_slot_weights);
     # t and the chunk's start a share the chunk, so t ^ a is a local xor
-    b_bl = _bit_length_small(o_i ^ tl.load(a_off + i_c), _LOG_C + 1)
+    b_bl = bit_length(o_i ^ tl.load(a_off + i_c), _LOG_C + 1)
     for l in range(L):
         idx = tl.minimum(tl.maximum(b_bl, l), L - 1)
         tl.store(om + orow * L + l, tl.load(lam + rh * L + idx).to(tl.float32))
@@ -302,7 +289,7 @@ def chunk_local_fused_bwd_kernel(
     tl.store(dg + rh, b_dg)
     tl.store(db + rh, b_db)
 
-    b_bl = _bit_length_small(o_i ^ tl.load(a_off + i_c), _LOG_C + 1)
+    b_bl = bit_length(o_i ^ tl.load(a_off + i_c), _LOG_C + 1)
     tl.debug_barrier()
     for l in range(L):
         b_dl = tl.load(dlam + rh * L + l)
@@ -317,7 +304,7 @@ def _config(K: int, V: int, dtype: torch.dtype, bwd: bool = False):
     cap = 32 if bwd else 64
     # at least 32: the kernels run 8 warps, which split a [C, B] product's columns over two
     # warpgroups, and B = 16 becomes 8-column TF32 wgmma (fp32 inputs), which can read shared
-    # memory past its operand (triton-lang/triton#10629; likely run 4's crash at K = 16).
+    # memory past its operand (triton-lang/triton#10629).
     # Blocks wider than K or V are masked.
     BK = max(32, min(cap, triton.next_power_of_2(K)))
     BV = max(32, min(cap, triton.next_power_of_2(V)))
@@ -340,8 +327,7 @@ def wy_prep_torch(k, g, beta, C: int = 64):
     strict = idx[:, None] > idx[None, :]
     dec = torch.where(strict, Gc[..., :, None] - Gc[..., None, :], float("-inf")).exp2()
     ls = bc[..., :, None] * (kc @ kc.transpose(-1, -2)) * dec
-    eye = torch.eye(C, device=k.device)
-    tinv = torch.linalg.solve_triangular(eye + ls, eye.expand_as(ls), upper=False, unitriangular=True)
+    tinv = unit_lower_inverse(ls)
     A = tinv.transpose(1, 2).reshape(1, NT, HV, C).to(k.dtype)
     return G2.reshape(1, NT, HV), A
 
@@ -365,95 +351,59 @@ def _launch_args(lam, layout):
     return L, min(L, LOG_C + 1), a_off
 
 
-class ChunkLocalFusedFunction(torch.autograd.Function):
-    """Padded-token inputs ``[NC * C, HV, ...]`` -> ``(o_intra, qe, w, kd, u, gamma, omega)``, ``o_intra``
-    in the same token rows, the rest ``[NC, HV, C, ...]``."""
+def chunk_local_fused_fwd(q, k, v, g, beta, lam, scale: float, layout: PaddedChunkLayout):
+    """The fused forward on padded token rows ``[NC * C, HV, ...]`` (q, k, v in one dtype).
 
-    @staticmethod
-    def forward(ctx, q, k, v, g, beta, lam, scale, layout):
-        NT, HV, K = k.shape
-        V = v.shape[-1]
-        C, NC = layout.C, layout.NC
-        L, NLI, a_off = _launch_args(lam, layout)
-        BK, BV, prec = _config(K, V, k.dtype)
-        G2, A = wy_prep(k[None], g[None], beta[None], C)
-        G2, A = G2[0], A[0]
-        dev, mm = k.device, k.dtype
-        # in the input dtype, like the op's output: the slot sweep adds its part in fp32, and the
-        # output's gradient reaches the backward without a cast
-        o = torch.empty(NT, HV, V, dtype=mm, device=dev)
-        qe = torch.empty(NC, HV, C, K, dtype=mm, device=dev)
-        w = torch.empty_like(qe)
-        kd = torch.empty_like(qe)
-        u = torch.empty(NC, HV, C, V, dtype=mm, device=dev)
-        gam = torch.empty(NC, HV, dtype=torch.float32, device=dev)
-        om = torch.empty(NC, HV, C, L, dtype=torch.float32, device=dev)
-        chunk_local_fused_fwd_kernel[(NC, HV)](
-            q, k, v, G2, beta, A, lam, a_off, o, qe, w, kd, u, gam, om, NC, scale,
-            L, HV=HV, K=K, V=V, NLI=NLI, C=C, BK=BK, BV=BV, PREC=prec, num_warps=NUM_WARPS,
-        )
-        ctx.save_for_backward(q, k, v, G2, beta, A, lam, a_off)
-        ctx.scale, ctx.layout = scale, layout
-        ctx.dtypes = (q.dtype, k.dtype, v.dtype, g.dtype, beta.dtype, lam.dtype)
-        return o, qe, w, kd, u, gam, om
-
-    @staticmethod
-    def backward(ctx, do, dqe, dw, dkd, du, dgam, dom):
-        q, k, v, G2, beta, A, lam, a_off = ctx.saved_tensors
-        NT, HV, K = k.shape
-        V = v.shape[-1]
-        C, NC = ctx.layout.C, ctx.layout.NC
-        L = lam.shape[-1]
-        BK, BV, prec = _config(K, V, k.dtype, bwd=True)
-
-        def grad_or_zeros(x, *shape):
-            if x is None:
-                return torch.zeros(*shape, dtype=torch.float32, device=k.device)
-            return x.contiguous()
-
-        do = grad_or_zeros(do, NT, HV, V)
-        dqe, dw, dkd = (grad_or_zeros(x, NC, HV, C, K) for x in (dqe, dw, dkd))
-        du = grad_or_zeros(du, NC, HV, C, V)
-        dgam = grad_or_zeros(dgam, NC, HV)
-        dom = grad_or_zeros(dom, NC, HV, C, L)
-        f32 = dict(dtype=torch.float32, device=k.device)
-        # written once each, so straight in the inputs' dtypes (no fp32 copies to cast)
-        dq = torch.empty(NT, HV, K, dtype=q.dtype, device=k.device)
-        dk = torch.empty(NT, HV, K, dtype=k.dtype, device=k.device)
-        dv = torch.empty(NT, HV, V, dtype=v.dtype, device=k.device)
-        dg = torch.empty(NT, HV, **f32)
-        db = torch.empty(NT, HV, **f32)
-        dlam = torch.empty(NT, HV, L, **f32)
-        chunk_local_fused_bwd_kernel[(NC, HV)](
-            q, k, v, G2, beta, A, lam, a_off,
-            do, dqe, dw, dkd, du, dgam, dom,
-            dq, dk, dv, dg, db, dlam, NC, ctx.scale,
-            L, HV=HV, K=K, V=V, NLI=min(L, LOG_C + 1), C=C, BK=BK, BV=BV, PREC=prec, num_warps=BWD_NUM_WARPS,
-        )
-        grads = [x.to(dt) for x, dt in zip((dq, dk, dv, dg, db, dlam), ctx.dtypes)]
-        return (*grads, None, None)
-
-
-def pad_tokens(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
-    """``[B, T, H, ...]`` -> ``[NC * C, H, ...]`` zero-padded token rows (no copy when aligned)."""
-    flat = x.reshape(-1, *x.shape[2:])
-    if layout.identity:
-        return flat.contiguous()
-    return flat.new_zeros(layout.NC * layout.C, *x.shape[2:]).index_copy(0, layout.slot_idx, flat)
-
-
-def chunk_local_fused_fwd(q, k, v, g, beta, level_scales, scale: float, layout: ChunkLayout, dtype: torch.dtype):
-    """Drop-in for :func:`.chunk_local.chunk_local_fwd` on bf16 / fp16 / fp32 inputs.
-
-    Returns the same ``(o_intra, qe, w, kd, u, gamma, omega, end_keys)``, with ``o_intra`` and
-    ``qe, w, kd, u`` in the input dtype (the op's output dtype and the slot scan's matmul dtype) and
-    the rest in ``dtype`` (fp32).
+    Returns ``(o_intra, qe, w, kd, u, gamma, omega)`` (``o_intra`` in the token rows, the rest
+    ``[NC, HV, C, ...]``) and what :func:`chunk_local_fused_bwd` needs besides the inputs:
+    ``(G2, A, a_off)``.
     """
-    mm = v.dtype
-    q, k, v = (pad_tokens(x.to(mm), layout) for x in (q, k, v))
-    g, beta, lam = (pad_tokens(x, layout) for x in (g, beta, level_scales))
-    o, qe, w, kd, u, gam, om = ChunkLocalFusedFunction.apply(q, k, v, g, beta, lam, scale, layout)
-    end_keys, keep = end_chunk_keys(k, v, g, beta, lam.shape[-1], layout, dtype)
-    if keep is not None:
-        u = u * keep[:, None, None, None].to(u.dtype)
-    return o, qe, w, kd, u, gam.to(dtype), om.to(dtype), end_keys
+    NT, HV, K = k.shape
+    V = v.shape[-1]
+    C, NC = layout.C, layout.NC
+    L, NLI, a_off = _launch_args(lam, layout)
+    BK, BV, prec = _config(K, V, k.dtype)
+    G2, A = wy_prep(k[None], g[None], beta[None], C)
+    G2, A = G2[0], A[0]
+    dev, mm = k.device, k.dtype
+    # in the input dtype, like the op's output: the slot sweep adds its part in fp32, and the
+    # output's gradient reaches the backward without a cast
+    o = torch.empty(NT, HV, V, dtype=mm, device=dev)
+    qe = torch.empty(NC, HV, C, K, dtype=mm, device=dev)
+    w = torch.empty_like(qe)
+    kd = torch.empty_like(qe)
+    u = torch.empty(NC, HV, C, V, dtype=mm, device=dev)
+    gam = torch.empty(NC, HV, dtype=torch.float32, device=dev)
+    om = torch.empty(NC, HV, C, L, dtype=torch.float32, device=dev)
+    chunk_local_fused_fwd_kernel[(NC, HV)](
+        q, k, v, G2, beta, A, lam, a_off, o, qe, w, kd, u, gam, om, NC, scale,
+        L, HV=HV, K=K, V=V, NLI=NLI, C=C, BK=BK, BV=BV, PREC=prec, num_warps=NUM_WARPS,
+    )
+    return (o, qe, w, kd, u, gam, om), (G2, A, a_off)
+
+
+def chunk_local_fused_bwd(q, k, v, G2, beta, A, lam, a_off, do, dqe, dw, dkd, du, dgam, dom, scale: float,
+                          layout: PaddedChunkLayout):
+    """Gradients of :func:`chunk_local_fused_fwd`'s outputs -> ``(dq, dk, dv, dg, dbeta, dlam)``, the first
+    three in the inputs' dtype, the last three fp32 (the caller casts them to its inputs' dtypes)."""
+    NT, HV, K = k.shape
+    V = v.shape[-1]
+    C, NC = layout.C, layout.NC
+    L = lam.shape[-1]
+    BK, BV, prec = _config(K, V, k.dtype, bwd=True)
+    do, dqe, dw, dkd, du, dgam, dom = (x.contiguous() for x in (do, dqe, dw, dkd, du, dgam, dom))
+    f32 = dict(dtype=torch.float32, device=k.device)
+    # written once each, so straight in the inputs' dtypes (no fp32 copies to cast)
+    dq = torch.empty(NT, HV, K, dtype=q.dtype, device=k.device)
+    dk = torch.empty(NT, HV, K, dtype=k.dtype, device=k.device)
+    dv = torch.empty(NT, HV, V, dtype=v.dtype, device=k.device)
+    dg = torch.empty(NT, HV, **f32)
+    db = torch.empty(NT, HV, **f32)
+    dlam = torch.empty(NT, HV, L, **f32)
+    chunk_local_fused_bwd_kernel[(NC, HV)](
+        q, k, v, G2, beta, A, lam, a_off,
+        do, dqe, dw, dkd, du, dgam, dom,
+        dq, dk, dv, dg, db, dlam, NC, scale,
+        L, HV=HV, K=K, V=V, NLI=min(L, LOG_C + 1), C=C, BK=BK, BV=BV, PREC=prec, num_warps=BWD_NUM_WARPS,
+    )
+    return dq, dk, dv, dg, db, dlam

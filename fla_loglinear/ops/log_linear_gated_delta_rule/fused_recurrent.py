@@ -8,10 +8,9 @@ import triton
 import triton.language as tl
 
 from fla_loglinear.ops.checks import check_inplace_state, finish_inplace
-from fla_loglinear.ops.log_linear_attn.triton_levels import slot_occupied, slot_written_at
+from fla_loglinear.ops.triton_levels import merge_slot, slot_occupied, slot_written_at
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import state_in, state_out, use_kernels
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter import _merge_slot
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
 from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_recurrent_log_linear_gated_delta_rule
 from fla_loglinear.ops.log_linear_gated_delta_rule.pending import attach_pending, settle_pending
@@ -74,7 +73,7 @@ def fused_recurrent_fwd_kernel(
         b_v = tl.load(v + (i_t * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
         b_eg = tl.exp(tl.load(g + i_t * HV + i_hv).to(tl.float32))
         b_beta = tl.load(beta + i_t * HV + i_hv).to(tl.float32)
-        mm = _merge_slot(p, p + 1, L)
+        mm = merge_slot(p, p + 1, L)
 
         # the token's own write beta k v^T enters slot 0; what q reads of it is a [BV] vector
         b_o = tl.load(lam + (i_t * HV + i_hv) * L).to(tl.float32) * b_beta * tl.sum(b_q * b_k, 0) * b_v
@@ -145,7 +144,7 @@ def fused_recurrent_pending_kernel(
     b_g = tl.load(g + i_t * HV + i_hv).to(tl.float32)
     b_eg = tl.exp(b_g)
     b_beta = tl.load(beta + i_t * HV + i_hv).to(tl.float32)
-    mm = _merge_slot(p, p + 1, L)
+    mm = merge_slot(p, p + 1, L)
 
     b_o = tl.load(lam + i_t * HV * L + i_hv * L).to(tl.float32) * b_beta * tl.sum(b_q * b_k, 0) * b_v
     # x = A_a^T ... A_p^T q with a the oldest transition the next slot has not seen (A is symmetric);
@@ -197,12 +196,10 @@ def fused_recurrent_pending_kernel(
 @functools.lru_cache(maxsize=None)
 def _decode_blocks(K: int, V: int, pending: bool = False) -> tuple[int, int, int]:
     """``(BK, BV, num_warps)`` of the decode kernels: one program per (sequence, value head, V block)
-    holds whole ``[K, BV]`` slots.  Writing every slot, a step is bound by the slots' bytes (results
-    run 16: 2.7 TB/s) and 4 warps were the fastest (run 26).  With pending transitions (``pending``)
-    a step is mostly chains of ``[K]`` reductions, which 2 warps run faster up to K = 128 (run 33: 0.206
-    vs 0.251 ms at position 100,000, averaged over the log's fill levels).
-    Cached: ``triton.next_power_of_2`` costs microseconds of host time, and every decode step pays its
-    host time in full (results run 29: 102 µs of host and 317 µs of kernel per step)."""
+    holds whole ``[K, BV]`` slots.  Writing every slot, a step is bound by the slots' bytes, which 4
+    warps stream fastest.  With pending transitions (``pending``) a step is mostly chains of ``[K]``
+    reductions, which 2 warps run faster up to K = 128.  Cached: ``triton.next_power_of_2`` costs
+    microseconds of host time, and every decode step pays its host time in full."""
     BK = max(16, triton.next_power_of_2(K))
     BV = max(16, min(triton.next_power_of_2(V), 32 if K >= 128 else 64))
     return BK, BV, 2 if pending and BK <= 128 else 4

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from fla.modules.l2norm import l2norm
+from fla.ops.gated_delta_rule.gate import naive_gdn_gate
 
 __all__ = ["GatedDeltaRuleOptions", "parse_options", "preprocess_inputs", "L2NORM_EPS"]
 
@@ -29,7 +29,7 @@ _KNOWN = {
     "chunk_size",
     "cu_seqlens_cpu",
     "_force_triton",
-    "_gdn_local",
+    "_plan",
 }
 
 
@@ -43,14 +43,14 @@ class GatedDeltaRuleOptions:
     dt_bias: torch.Tensor | None = None
     state_v_first: bool = False
     force_triton: bool = False
-    local_impl: str | None = None  # per-call override of chunk.LOCAL_IMPL ("triton" / "torch")
+    plan: object = None  # the chunked op's GDNLaunchPlan (None: chosen from the shapes)
 
 
 def parse_options(op: str, use_qk_l2norm_in_kernel: bool, kwargs: dict) -> GatedDeltaRuleOptions:
     """Validates the fla-style keyword options; unknown names or inconsistent combinations raise."""
     unknown = sorted(set(kwargs) - _KNOWN)
     if unknown:
-        public = sorted(_KNOWN - {"_force_triton", "_gdn_local"})
+        public = sorted(_KNOWN - {"_force_triton", "_plan"})
         raise TypeError(f"{op} got unsupported option(s) {unknown}; supported: {public}")
     chunk_size = kwargs.get("chunk_size", 64)
     if chunk_size != 64:
@@ -64,7 +64,7 @@ def parse_options(op: str, use_qk_l2norm_in_kernel: bool, kwargs: dict) -> Gated
         dt_bias=kwargs.get("dt_bias"),
         state_v_first=bool(kwargs.get("state_v_first", False)),
         force_triton=bool(kwargs.get("_force_triton", False)),
-        local_impl=kwargs.get("_gdn_local"),
+        plan=kwargs.get("_plan"),
     )
     if opts.allow_neg_eigval and not opts.use_beta_sigmoid_in_kernel:
         raise ValueError(f"{op}: allow_neg_eigval=True requires use_beta_sigmoid_in_kernel=True (as in fla)")
@@ -95,21 +95,23 @@ def preprocess_inputs(q, k, g, beta, opts: GatedDeltaRuleOptions):
         q = _l2norm(q)
         k = _l2norm(k)
     if opts.use_beta_sigmoid_in_kernel:
+        # not fla.ops.common.gate.fused_beta_sigmoid: a Triton kernel (no CPU path, its own rounding)
         beta = torch.sigmoid(beta.float()) * (2.0 if opts.allow_neg_eigval else 1.0)
     if opts.use_gate_in_kernel:
         _check_head_param("A_log", opts.A_log, HV, g.device)
-        x = g.float()
+        dt_bias = None
         if opts.dt_bias is not None:
             _check_head_param("dt_bias", opts.dt_bias, HV, g.device)
-            x = x + opts.dt_bias.float().reshape(HV)
-        g = -opts.A_log.float().reshape(HV).exp() * F.softplus(x)
+            dt_bias = opts.dt_bias.reshape(HV)
+        # fla's PyTorch gate (the same ops as its fused kernel's reference), differentiable
+        g = naive_gdn_gate(g, opts.A_log.reshape(HV), dt_bias)
     return q, k, g, beta
 
 
 def _l2norm(x: torch.Tensor) -> torch.Tensor:
     if x.is_cuda:
-        # fla's fused kernel and backward, the normalisation its own op applies (in PyTorch this
-        # was about 1.5 ms of the 6.6 ms forward at the benchmark's 4K shape, results run 15)
+        # fla's fused kernel and backward, the normalisation its own op applies (in PyTorch it was
+        # a large part of the forward)
         return l2norm(x, eps=L2NORM_EPS)
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + L2NORM_EPS)).to(x.dtype)

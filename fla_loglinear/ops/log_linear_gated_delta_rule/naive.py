@@ -23,6 +23,7 @@ import torch
 
 from fla_loglinear.levels import bit_length, clamp_level, level_matrix, state_slot_weights
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import unit_lower_inverse
 from fla_loglinear.state import FenwickState
 
 __all__ = [
@@ -324,9 +325,7 @@ def naive_chunk_log_linear_gated_delta_rule(
     causal = torch.ones(C, C, dtype=torch.bool, device=device).tril()
     decay = (gamma[..., :, None] - gamma[..., None, :]).masked_fill(~causal, float('-inf')).exp()
     kb = k * beta[..., None]
-    eye_c = torch.eye(C, dtype=dtype, device=device)
-    lower = ((kb @ k.transpose(-1, -2)) * decay).tril(-1)
-    tinv = torch.linalg.solve_triangular(lower + eye_c, eye_c.expand_as(lower), upper=False, unitriangular=True)
+    tinv = unit_lower_inverse(((kb @ k.transpose(-1, -2)) * decay).tril(-1))
     qk = (q @ k.transpose(-1, -2)) * decay
     # aligned chunks: level(t, s) is the bit length of the xor of the in-chunk indices (levels.py)
     local = torch.arange(C, device=device)

@@ -1,8 +1,8 @@
 """Launch shapes of the Gated DeltaNet decode kernel swept on a GPU (CUDA only).
 
-    python benchmarks/sweep_gdn_decode.py
-    python benchmarks/sweep_gdn_decode.py --host   # host time of a step, its kernels, and its Python calls
-    python benchmarks/sweep_gdn_decode.py --phases # GPU time of the in-place step per pending-log fill level
+    python benchmarks/dev/sweep_gdn_decode.py
+    python benchmarks/dev/sweep_gdn_decode.py --host   # host time of a step, its kernels, and its Python calls
+    python benchmarks/dev/sweep_gdn_decode.py --phases # GPU time of the in-place step per pending-log fill level
 
 At the decode benchmark's shape (B = 64 at position 100,000, H = 16, K = V = 128, in place), each
 setting replaces ``fused_recurrent._decode_blocks`` (the V block width and warps) and prints the time
@@ -19,6 +19,7 @@ import torch
 
 from fla_loglinear.ops.log_linear_gated_delta_rule import fused_recurrent
 
+sys.path.insert(0, __file__.rsplit("/", 2)[0])
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from sweep_scalar import time_ms  # noqa: E402
 from test_bench_log_linear_gated_delta_rule_decode import decode_step, reset_and_step  # noqa: E402

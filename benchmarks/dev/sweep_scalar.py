@@ -1,6 +1,6 @@
 """Launch settings of the scalar op's kernels swept on a GPU: fwd+bwd time per setting (CUDA only).
 
-    python benchmarks/sweep_scalar.py 4096 16384
+    python benchmarks/dev/sweep_scalar.py 4096 16384
 
 Each setting overrides ``num_warps`` / ``num_stages`` of some kernels (by wrapping their ``run``;
 the op's code is untouched) and times 10 forward + backward passes of the benchmark shape with CUDA
@@ -15,6 +15,7 @@ import torch
 
 from fla_loglinear.ops.log_linear_attn import chunk_bwd, chunk_fwd, chunk_nodes
 
+sys.path.insert(0, __file__.rsplit("/", 2)[0])
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from profile_ops import make_step  # noqa: E402
 

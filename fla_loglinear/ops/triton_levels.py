@@ -1,4 +1,5 @@
-"""In-kernel copies of the level rules of :mod:`fla_loglinear.levels` (which stays the reference).
+"""In-kernel copies of the level rules of :mod:`fla_loglinear.levels` (which stays the reference),
+imported by every Triton kernel of both ops; tests/test_levels.py checks them under the interpreter.
 
 Triton has no ``int.bit_length``; these unrolled versions must give exactly what
 ``levels.bit_length`` / ``levels.level`` give for non-negative integers below ``2 ** NBITS``.
@@ -37,3 +38,16 @@ def slot_written_at(p, l):
     """``levels.slot_written_at`` for slot ``l`` of a state at position ``p`` (a scalar int64)."""
     shift = tl.maximum(l - 1, 0)
     return (p >> shift) << shift
+
+
+@triton.jit
+def merge_slot(a, b, L: tl.constexpr):
+    """``levels.advance_level(a, b)`` clamped to the last slot, for scalar positions ``0 <= a, b``: the
+    slot that every slot ``<=`` it merges into when a state moves from ``a`` to ``b``."""
+    # a loop over the bits actually set: cheaper than bit_length's fixed unrolling for one scalar
+    x = a ^ b
+    m = 0
+    while x > 0:
+        x = x >> 1
+        m += 1
+    return tl.minimum(m, L - 1)
