@@ -11,9 +11,12 @@ implementation is the eager public function itself, on whatever device the tenso
 implementation serves CPU and CUDA): it runs every argument check again, the value checks
 included, which the traced wrapper skips (they read tensors back to the host).
 
-Training ops have a backward op of their own: the scalar-gated op calls its backward launcher on
-the Triton path; the PyTorch paths (CPU) recompute the forward under autograd and differentiate
-it, which is what their eager backward does too.
+Training ops have a backward op of their own.  The scalar-gated op's calls its backward launcher on
+the Triton path.  The Gated DeltaNet op's recomputes the forward under autograd and differentiates it
+(the option preprocessing, ``ChunkLogLinearGatedDeltaRuleFunction`` and the state handling), on every
+path: that Function's residuals are internal tensors whose shapes no fake could give, so compiled
+training pays one more forward of the op per step than eager.  The PyTorch paths (CPU) of both
+recompute too, as their eager backward does.
 """
 from __future__ import annotations
 
@@ -266,19 +269,18 @@ def _chunk_gdn(
     pending_keys: Optional[Tensor], pending_gates: Optional[Tensor], pending_from: Optional[Tensor],
     cu_seqlens: Optional[Tensor], scale: float, output_final_state: bool, use_qk_l2norm_in_kernel: bool,
     use_beta_sigmoid_in_kernel: bool, allow_neg_eigval: bool, use_gate_in_kernel: bool, state_v_first: bool,
-    force_triton: bool, local_impl: str,
+    force_triton: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     o, final = _chunk_gdn_eager(q, k, v, g, beta, level_scales, A_log, dt_bias, states, positions, pending_keys,
                                 pending_gates, pending_from, cu_seqlens, scale, output_final_state,
                                 use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
-                                use_gate_in_kernel, state_v_first, force_triton, local_impl)
+                                use_gate_in_kernel, state_v_first, force_triton)
     return (_dense(o), *_final_real(final, q))
 
 
 def _chunk_gdn_eager(q, k, v, g, beta, level_scales, A_log, dt_bias, states, positions, pending_keys, pending_gates,
                      pending_from, cu_seqlens, scale, output_final_state, use_qk_l2norm_in_kernel,
-                     use_beta_sigmoid_in_kernel, allow_neg_eigval, use_gate_in_kernel, state_v_first, force_triton,
-                     local_impl):
+                     use_beta_sigmoid_in_kernel, allow_neg_eigval, use_gate_in_kernel, state_v_first, force_triton):
     extra = {} if A_log is None else {"A_log": A_log}
     if dt_bias is not None:
         extra["dt_bias"] = dt_bias
@@ -287,7 +289,7 @@ def _chunk_gdn_eager(q, k, v, g, beta, level_scales, A_log, dt_bias, states, pos
         _state(states, positions, pending_keys, pending_gates, pending_from), output_final_state,
         use_qk_l2norm_in_kernel, cu_seqlens, use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel,
         allow_neg_eigval=allow_neg_eigval, use_gate_in_kernel=use_gate_in_kernel, state_v_first=state_v_first,
-        _force_triton=force_triton, _gdn_local=local_impl or None, **extra,
+        _force_triton=force_triton, **extra,
     )
 
 
@@ -310,11 +312,11 @@ def _chunk_gdn_bwd(
     pending_keys: Optional[Tensor], pending_gates: Optional[Tensor], pending_from: Optional[Tensor],
     cu_seqlens: Optional[Tensor], do: Tensor, dht: Optional[Tensor], scale: float,
     use_qk_l2norm_in_kernel: bool, use_beta_sigmoid_in_kernel: bool, allow_neg_eigval: bool,
-    use_gate_in_kernel: bool, state_v_first: bool, force_triton: bool, local_impl: str,
+    use_gate_in_kernel: bool, state_v_first: bool, force_triton: bool,
 ) -> list[Tensor]:
     rest = (positions, pending_keys, pending_gates, pending_from, cu_seqlens, scale, dht is not None,
             use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval, use_gate_in_kernel, state_v_first,
-            force_triton, local_impl)
+            force_triton)
 
     def fn(q, k, v, g, beta, level_scales, A_log, dt_bias, states):
         return _chunk_gdn_eager(q, k, v, g, beta, level_scales, A_log, dt_bias, states, *rest)
@@ -353,6 +355,9 @@ def compiled_chunk_log_linear_gated_delta_rule(q, k, v, g, beta, level_scales, s
                                                output_final_state, use_qk_l2norm_in_kernel, cu_seqlens, kwargs):
     """:func:`~fla_loglinear.ops.chunk_log_linear_gated_delta_rule` as Dynamo traces it."""
     opts = parse_options("chunk_log_linear_gated_delta_rule", use_qk_l2norm_in_kernel, kwargs)
+    if opts.plan is not None:
+        raise ValueError("chunk_log_linear_gated_delta_rule: the private option _plan (a GDNLaunchPlan) is not "
+                         "supported under torch.compile (it cannot cross the custom op); call the op eagerly with it")
     B, T, H, HV, K, V, L, N = check_log_linear_gated_delta_rule_args(
         q, k, v, g, beta, level_scales, initial_state=state_in(initial_state, opts.state_v_first),
         cu_seqlens=cu_seqlens, pending=True,
@@ -362,7 +367,7 @@ def compiled_chunk_log_linear_gated_delta_rule(q, k, v, g, beta, level_scales, s
     o, ht, pos = _chunk_gdn(
         q, k, v, g, beta, level_scales, opts.A_log, opts.dt_bias, *_flat(initial_state), cu_seqlens, scale,
         bool(output_final_state), opts.use_qk_l2norm_in_kernel, opts.use_beta_sigmoid_in_kernel, opts.allow_neg_eigval,
-        opts.use_gate_in_kernel, opts.state_v_first, opts.force_triton, opts.local_impl or "",
+        opts.use_gate_in_kernel, opts.state_v_first, opts.force_triton,
     )
     return o, (FenwickState(ht, pos) if output_final_state else None)
 

@@ -39,7 +39,7 @@ def test_opcheck_chunk_ops(with_state):
     torch.library.opcheck(ops.chunk_log_linear_attn, (q, k, v, g, lam, st, pos, CU, 0.3, True, False, 64, 4))
     torch.library.opcheck(ops.chunk_log_linear_gated_delta_rule,
                           (q, k, v, g, beta, lam, None, None, st, pos, None, None, None, CU, 0.3, True,
-                           True, False, False, False, False, False, ""))
+                           True, False, False, False, False, False))
 
 
 @pytest.mark.parametrize("inplace", [False, True])
@@ -80,3 +80,18 @@ def test_compiled_gradients_reach_the_state(op):
             continue
         assert r.abs().max() > 0, name
         torch.testing.assert_close(c, r, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_a_launch_plan_under_compile_raises_naming_it():
+    from fla_loglinear.ops.log_linear_gated_delta_rule.plan import plan_for
+
+    q, k, v, g, beta, lam, _ = (x.detach() for x in inputs())
+    plan = plan_for(K, V, H, v.dtype, v.device)
+
+    def run(*xs):
+        return chunk_log_linear_gated_delta_rule(*xs, _plan=plan)[0]
+
+    # fullgraph: otherwise Dynamo turns the error into a graph break and runs this frame eagerly, where
+    # the plan is served
+    with pytest.raises(Exception, match="_plan"):
+        torch.compile(run, backend="aot_eager", fullgraph=True)(q, k, v, g, beta, lam)
