@@ -253,7 +253,7 @@ def test_bench_rows_are_saved_one_by_one_and_failures_recorded(monkeypatch):
     """A report cut by a time limit keeps every row measured so far; a failing measurement is a row too."""
     from fla_loglinear import bench
 
-    def fake_train(config, seq_len, batch_size, device="cuda"):
+    def fake_train(config, seq_len, batch_size, device="cuda", **options):
         if config.log_linear and seq_len == 64:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 48.00 GiB")
         return {"tokens_per_second": float(seq_len), "step_ms": 1.0}
@@ -262,9 +262,10 @@ def test_bench_rows_are_saved_one_by_one_and_failures_recorded(monkeypatch):
     rows, saved = [], []
     bench.bench_training([32, 64], device="cpu", rows=rows, save=lambda: saved.append(len(rows)),
                          **TINY_MODELS["gdn"])
-    assert saved == list(range(1, 9))  # 2 archs x stock / log-linear x 2 lengths, saved after each
+    assert saved == list(range(1, 2 * len(bench.TRAIN_VARIANTS) + 1))  # every variant x 2 lengths, saved after each
     failed = [r for r in rows if "error" in r]
-    assert [(r["arch"], r["seq_len"]) for r in failed] == [("gdn", 64), ("mamba2", 64)]
+    # the log-linear rows: GDN, Mamba-2 with frozen lambdas, Mamba-2
+    assert [(r["arch"], r["seq_len"]) for r in failed] == [("gdn", 64), ("mamba2", 64), ("mamba2", 64)]
     assert all("OutOfMemoryError" in r["error"] and r["log_linear"] for r in failed)
 
 
