@@ -243,6 +243,14 @@ def test_chunk_rejects_bad_arguments():
         chunk_log_linear_attn(q, k, v[:, :, :1], g, lam)
 
 
+@pytest.mark.parametrize("K, V, which", [(8, 16, "K = 8"), (16, 8, "V = 8")])
+def test_chunk_kernels_reject_small_head_dims(K, V, which):
+    # tl.dot needs dims >= 16; the kernel route must say so before compiling anything
+    (q, k, v, g, lam), _ = make_inputs(1, 8, 1, 2, K, V, 4)
+    with pytest.raises(ValueError, match=which):
+        chunk_log_linear_attn(q, k, v, g, lam, _use_triton=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # CUDA: real chunk size, real dtypes, long sequences.
 

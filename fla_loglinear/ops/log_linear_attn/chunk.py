@@ -34,6 +34,8 @@ from fla_loglinear.state import FenwickState
 __all__ = ["chunk_log_linear_attn"]
 
 CHUNK_SIZE = 64
+# smallest K and V the kernels' tl.dot tiles take
+MIN_HEAD_DIM = 16
 # Positions are bounded by 2 ** POS_BITS in the kernels' bit-length loops.
 POS_BITS = 48
 
@@ -311,6 +313,10 @@ def chunk_log_linear_attn(
         return naive_chunk_log_linear_attn(
             q, k, v, g, level_scales, initial_state, output_final_state, cu_seqlens, scale, chunk_size=_chunk_size
         )
+    # tl.dot needs every operand dimension >= 16: caught here, not as a compile error deep in a kernel
+    for name, dim in (("q and k have head dim K", K), ("v has head dim V", V)):
+        if dim < MIN_HEAD_DIM:
+            raise ValueError(f"{name} = {dim}; the Triton kernels support head dims >= {MIN_HEAD_DIM}")
     h0 = positions = None
     if initial_state is not None:
         h0, positions = initial_state.without_empty_slots().states, initial_state.positions
