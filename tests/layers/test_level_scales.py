@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import fla_loglinear.patches as patches
 from fla_loglinear.layers import LevelScaleProjection, LogLinearGatedDeltaNet, LogLinearMamba2
-from tests.layers.tiny_models import VOCAB, mixers, randomize_lambdas, tiny_config
+from tests.layers.tiny_models import VOCAB, build, cpu_patched, mixers, randomize_lambdas, tiny_config
 
 FAMILIES = ["gdn", "mamba2"]
 LAYER = {"gdn": LogLinearGatedDeltaNet, "mamba2": LogLinearMamba2}
@@ -20,18 +20,8 @@ LAYER = {"gdn": LogLinearGatedDeltaNet, "mamba2": LogLinearMamba2}
 
 @pytest.fixture(scope="module", autouse=True)
 def cpu_paths():
-    was = patches.is_patched()
-    patches.patch(cpu=True)
-    yield
-    if not was:
-        patches.unpatch()
-
-
-def build(family: str, seed: int = 0, **overrides):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family, **overrides))
+    with cpu_patched():
+        yield
 
 
 def test_paper_form_parameters_and_shapes():

@@ -8,20 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fla_loglinear.patches as patches
 from fla_loglinear import FenwickState
 from fla_loglinear.layers import LevelScaleProjection, LogLinearGatedDeltaNet, LogLinearMamba2
-from tests.layers.tiny_models import randomize_lambdas
+from tests.layers.tiny_models import cpu_patched, randomize_lambdas
 
 
 @pytest.fixture(scope="module", autouse=True)
 def cpu_paths():
     # fla's norms / short convs are Triton-only: the layers need the CPU paths here
-    was = patches.is_patched()
-    patches.patch(cpu=True)
-    yield
-    if not was:
-        patches.unpatch()
+    with cpu_patched():
+        yield
 
 
 def make_layer(kind: str, seed: int = 0, n_groups: int = 2, **opts):

@@ -1,6 +1,8 @@
 """Tiny fla model configs and helpers shared by the layer, model and generation tests."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 VOCAB = 64
@@ -36,3 +38,25 @@ def randomize_lambdas(model, seed: int = 0, std: float = 0.5) -> None:
         for name, p in model.named_parameters():
             if ".level_proj." in name or name.startswith("level_proj."):
                 p.copy_(torch.randn(p.shape, generator=gen) * std + (1.0 if name.endswith("level_scale") else 0.0))
+
+
+@contextlib.contextmanager
+def cpu_patched():
+    """``fla_loglinear.patch(cpu=True)`` for the duration; unpatched after, unless it was patched before."""
+    import fla_loglinear.patches as patches
+
+    was = patches.is_patched()
+    patches.patch(cpu=True)
+    try:
+        yield
+    finally:
+        if not was:
+            patches.unpatch()
+
+
+def build(family: str, seed: int = 0, **overrides):
+    """A seeded tiny fla causal LM of ``family`` (``tiny_config`` with ``overrides``)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(family, **overrides))

@@ -10,7 +10,7 @@ import torch
 
 import fla_loglinear.patches as patches
 from fla_loglinear.layers import LogLinearGatedDeltaNet, LogLinearMamba2
-from tests.layers.tiny_models import VOCAB, mixers, randomize_lambdas, tiny_config
+from tests.layers.tiny_models import VOCAB, build, mixers, randomize_lambdas, tiny_config
 
 FAMILIES = ["gdn", "mamba2"]
 LAYER = {"gdn": LogLinearGatedDeltaNet, "mamba2": LogLinearMamba2}
@@ -29,13 +29,6 @@ def restore_at_end():
     yield
     if not was:
         patches.unpatch()
-
-
-def build(family: str, seed: int = 0, **overrides):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family, **overrides))
 
 
 def test_patch_is_idempotent_and_unpatch_restores_everything():

@@ -2,7 +2,6 @@
 (the GPU numbers are the lead's run)."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from fla_loglinear import bench

@@ -6,20 +6,16 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
-import fla_loglinear.patches as patches
 from fla_loglinear.layers.level_scales import DEFAULT_LAMBDA_RANK, LAMBDA_INITS
-from tests.layers.tiny_models import VOCAB, mixers, randomize_lambdas, tiny_config
+from tests.layers.tiny_models import VOCAB, cpu_patched, mixers, randomize_lambdas, tiny_config
 
 FAMILIES = ["gdn", "mamba2"]
 
 
 @pytest.fixture(autouse=True)
 def patched():
-    was = patches.is_patched()
-    patches.patch(cpu=True)
-    yield
-    if not was:
-        patches.unpatch()
+    with cpu_patched():
+        yield
 
 
 def ids(B=2, T=40, seed=1):

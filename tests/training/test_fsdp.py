@@ -7,7 +7,7 @@ import torch
 import torch.multiprocessing as mp
 
 import fla_loglinear.patches as patches
-from tests.layers.tiny_models import VOCAB, randomize_lambdas, tiny_config
+from tests.layers.tiny_models import VOCAB, cpu_patched, randomize_lambdas, tiny_config
 
 FAMILIES = ("gdn", "mamba2")
 WORLD = 2
@@ -72,11 +72,8 @@ def _rank(rank: int, init: str, out: dict) -> None:
 
 @pytest.fixture(autouse=True)
 def patched():
-    was = patches.is_patched()
-    patches.patch(cpu=True)
-    yield
-    if not was:
-        patches.unpatch()
+    with cpu_patched():
+        yield
 
 
 def test_fully_shard_per_block_on_two_ranks_equals_one_process(tmp_path):
