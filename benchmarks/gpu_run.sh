@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU run: `bash benchmarks/gpu_run.sh` (installs the fla wheels of .whl/ first where that folder exists).
 # 1. PROFILES: kernel-by-kernel profiles (benchmarks/profile_ops.py) on a quiet GPU, one at a time;
-# 2. TESTS: test groups side by side (correctness only; a CUDA fault poisons only its own group);
+# 2. TESTS: test groups side by side (correctness only; a CUDA fault poisons only its own group), and
+#    beside them SWEEP: `python -m fla_loglinear mqar` arguments (empty: skipped), whose accuracies do not
+#    depend on what else shares the GPU (its ms/step do: time steps with a sweep of its own, alone);
 # 3. BENCHES: pytest-benchmark suites one after another on a quiet GPU;
 # 4. MODELS: `python -m fla_loglinear bench` arguments for the model-level report (empty: skipped).
 # On a machine with two GPUs, MODELS_GPU=1 runs stage 4 on the second GPU from the start, beside
@@ -18,7 +20,10 @@ SITE=${SITE:-/tmp/site}
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl || exit 1
 fi
-export PYTHONPATH=$SITE:$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/triton-cache
+# the Triton cache (compiled kernels and, with the two flags, autotuning results) in an ignored folder of
+# the checkout: a device machine keeps it between calls while it stays warm
+export PYTHONPATH=$SITE:$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/benchmarks/out/triton-cache} \
+  TRITON_CACHE_AUTOTUNING=1 FLA_CACHE_RESULTS=1
 {
   date -u +"date: %Y-%m-%dT%H:%M:%SZ"
   # the device copy's git directory can be older than the tree it runs: pass TREE=<commit>
@@ -52,8 +57,16 @@ SC=tests/ops/test_log_linear_attn_chunk.py
 SR=tests/ops/test_log_linear_attn_fused_recurrent.py
 GC=tests/ops/test_log_linear_gated_delta_rule_chunk.py
 GR=tests/ops/test_log_linear_gated_delta_rule_fused_recurrent.py
-# name|pytest arguments (the -k expression last, after "-k ")
-TESTS=${TESTS-"scalar-chunk|$SC|gpu or cuda or forward_only;scalar-decode|$SR|gpu or cuda;gdn|$GC $GR|(gpu or cuda or forward_only) and not triton and not fused_local;gdn-fused|$GC|(gpu or cuda) and (triton or fused_local);generate|tests/patches/test_cpu.py tests/patches/test_generate.py|gpu or cuda;models|tests/patches/test_models.py tests/layers|gpu or cuda"}
+GP=tests/ops/test_log_linear_gated_delta_rule_pending.py
+# name|files|-k expression
+TESTS=${TESTS-"scalar-chunk|$SC|gpu or cuda or forward_only;scalar-decode|$SR|gpu or cuda;gdn|$GC $GR $GP|(gpu or cuda or forward_only) and not triton and not fused_local;gdn-fused|$GC|(gpu or cuda) and (triton or fused_local);levels|tests/test_levels.py|triton;generate|tests/patches/test_cpu.py tests/patches/test_generate.py|gpu or cuda;models|tests/patches/test_models.py tests/layers|gpu or cuda;compile|tests/training/test_compile.py tests/ops/test_library.py|cuda"}
+SWEEP=${SWEEP-""}
+SWEEP_PID=
+if [ -n "$SWEEP" ]; then
+  ( timeout "${SWEEP_TIMEOUT:-540}" python3 -m fla_loglinear mqar --output "$R/mqar.json" $SWEEP > "$R/mqar.log" 2>&1
+    stamp "mqar rc=$?" ) &
+  SWEEP_PID=$!
+fi
 IFS=';' read -ra groups <<< "$TESTS"
 test_pids=()
 for grp in "${groups[@]}"; do
@@ -64,7 +77,7 @@ for grp in "${groups[@]}"; do
   test_pids+=($!)
 done
 # not a bare `wait`: that would also wait for the models stage on the other GPU
-for p in "${test_pids[@]}"; do wait "$p"; done
+for p in "${test_pids[@]}" $SWEEP_PID; do wait "$p"; done
 for f in "$R"/tests-*.log; do [ -e "$f" ] && { echo "== $f"; tail -n 4 "$f"; } >> "$R/summary.txt"; done
 
 BENCHES=${BENCHES-"log_linear_attn||170;log_linear_gated_delta_rule||170;log_linear_gated_delta_rule_decode||60"}
@@ -88,5 +101,6 @@ fi
 cat "$R/summary.txt"
 tar -czf "$OUT/run.tar.gz" -C "$OUT" run
 cp "$R/summary.txt" "$R/env.txt" "$OUT/"
+for f in mqar.md mqar.png; do [ -e "$R/$f" ] && cp "$R/$f" "$OUT/"; done
 [ -e "$R/profiles.txt" ] && cp "$R/profiles.txt" "$OUT/"
 exit 0

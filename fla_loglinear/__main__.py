@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     mqar.add_argument("--list", action="store_true", help="print the planned runs and a time estimate, run nothing")
     mqar.add_argument("--assume-ms", type=float, default=20.0,
                       help="ms per training step per process for --list's estimate (default: 20)")
+    mqar.add_argument("--resume", metavar="JSON", default=None,
+                      help="keep the finished runs of this earlier sweep JSON and run only the rest")
     mqar.add_argument("--merge", nargs="+", metavar="JSON", default=None,
                       help="merge these sweep JSONs into --output (table and PNG too) instead of running")
 
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--positions", default="1024,16384,131072,1048576", help="decoding positions (default: 1024,16384,131072,1048576)"
     )
+    bench.add_argument("--archs", default="gdn,mamba2", help="train part: comma-separated model families (default: both)")
     bench.add_argument("--compile", action="store_true",
                        help="train part: every block under torch.compile, as flame compiles (warm-up steps pay it)")
     bench.add_argument("--profile", action="store_true",
@@ -190,11 +193,18 @@ def _mqar(parser: argparse.ArgumentParser, args) -> int:
         print(f"{len(runs)} runs, {sum(r.steps for r in runs)} steps: ~{est:.0f} s of training at "
               f"{args.assume_ms:g} ms/step with {args.workers} workers overlapping fully")
         return 0
+    resume = []
+    if args.resume is not None:
+        try:
+            resume = sweep.finished(args.resume)
+        except (OSError, ValueError) as err:
+            parser.error(f"--resume: {err}")
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sweep.run_sweep(runs, args.output, device, workers=args.workers, deadline_s=args.deadline_s,
-                    meta={"preset": args.preset, "shard": args.shard, "grid": dataclasses.asdict(grid)})
+                    meta={"preset": args.preset, "shard": args.shard, "grid": dataclasses.asdict(grid)},
+                    resume=resume)
     return 0
 
 
@@ -228,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--parts: unknown part(s) {unknown or parts}; choose from kernels, train, decode")
         if (args.compile or args.profile) and "train" not in parts:
             parser.error("--compile and --profile apply to the train part: add train to --parts")
+        archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
+        if not archs or set(archs) - {"gdn", "mamba2"}:
+            parser.error(f"--archs: expected a comma-separated subset of gdn,mamba2, got {args.archs!r}")
         from fla_loglinear.bench import run_bench
 
         return run_bench(
@@ -237,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             positions=_int_list(parser, "--positions", args.positions),
             compile=args.compile,
             profile=args.profile,
+            archs=archs,
         )
     return 2
 

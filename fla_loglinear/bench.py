@@ -338,7 +338,7 @@ def _is_oom(row: dict) -> bool:
 
 
 def bench_training(seq_lens: list[int], device="cuda", rows: list | None = None, save=None, compile: bool = False,
-                   profile_dir: Path | None = None, dtype=torch.bfloat16, **overrides) -> list[dict]:
+                   profile_dir: Path | None = None, dtype=torch.bfloat16, archs=ARCHS, **overrides) -> list[dict]:
     """Training rows, appended to ``rows`` one by one with ``save()`` after each (a cut run keeps its rows).
 
     Log-linear models get ``num_levels(T)`` levels: the lambdas past that level are never read in a
@@ -346,7 +346,7 @@ def bench_training(seq_lens: list[int], device="cuda", rows: list | None = None,
     With ``profile_dir`` the log-linear Gated DeltaNet step at the middle length is profiled there."""
     rows = [] if rows is None else rows
     profiled = seq_lens[len(seq_lens) // 2]
-    for name, arch, log_linear, frozen in TRAIN_VARIANTS:
+    for name, arch, log_linear, frozen in (v for v in TRAIN_VARIANTS if v[1] in archs):
         for T in seq_lens:
             B = max(1, TOKENS_PER_STEP // T)
             levels = num_levels(T) if log_linear else None
@@ -467,10 +467,10 @@ def _plot(train_rows: list[dict], decode_rows: list[dict], out: Path) -> list[st
 
 def run_bench(output: str | Path = "benchmarks/out", parts=("kernels", "train", "decode"),
               seq_lens=(2048, 8192, 32768), positions=(1024, 16384, 131072, 1048576), compile: bool = False,
-              profile: bool = False) -> int:
+              profile: bool = False, archs=ARCHS) -> int:
     """Run the selected parts and write ``output``/{models.json, train.md, kernels.json, *.png} (and with
     ``profile`` the profiled log-linear step, ``profile_*.txt``); 2 without a GPU.  ``compile``: the
-    training rows with every block under torch.compile."""
+    training rows with every block under torch.compile; ``archs``: the model families of the train part."""
     if not torch.cuda.is_available():
         print("fla-loglinear bench needs a CUDA GPU: torch sees none on this machine. The kernels it times only run "
               "on a GPU (on a CPU, `python -m fla_loglinear demo` shows the models working).", file=sys.stderr)
@@ -508,7 +508,7 @@ def run_bench(output: str | Path = "benchmarks/out", parts=("kernels", "train", 
             print(note)
         if "train" in parts:
             bench_training(list(seq_lens), rows=train_rows, save=save, compile=compile,
-                           profile_dir=out if profile else None)
+                           profile_dir=out if profile else None, archs=tuple(archs))
         if "decode" in parts:
             bench_decoding(list(positions), rows=decode_rows, save=save)
     report["complete"] = True

@@ -128,7 +128,8 @@ def _config(arch: str, s: DemoSettings):
         # dt >= 0.01 and slower decays (A in [1, 4]) let the stock model learn recall in the budget.
         # chunk_size only sets how fla's PyTorch SSD path (used without mamba_ssm) blocks the
         # sequence: its C x C x heads x dims intermediates make 64 four times slower than 16 here.
-        return Mamba2Config(head_dim=s.hidden_size // 4, state_size=s.hidden_size // 2, expand=2, n_groups=1,
+        # head_dim >= 16: the scalar log-linear kernels' tl.dot tiles need it (a width-32 model gets 4 heads)
+        return Mamba2Config(head_dim=max(16, s.hidden_size // 4), state_size=s.hidden_size // 2, expand=2, n_groups=1,
                             chunk_size=16, initializer_range=0.08, conv_init=0.5, dt_min=0.01,
                             A_init_range=(1, 4), **common)
     raise ValueError(f"unknown model {arch!r}; choose from {', '.join(ARCHS)}")

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 __all__ = [
-    "VARIANTS", "PRESETS", "Run", "SweepGrid", "plan", "shard", "parent_kind", "run_one", "run_sweep",
+    "VARIANTS", "PRESETS", "Run", "SweepGrid", "plan", "shard", "parent_kind", "run_one", "run_sweep", "finished",
     "merge", "summarize", "markdown_table", "plot",
 ]
 
@@ -76,24 +76,27 @@ class SweepGrid:
     archs: tuple[str, ...] = ("gdn", "mamba2")
     widths: tuple[int, ...] = (32, 64, 128)
     kv_pairs: tuple[int, ...] = (32,)
-    lrs: tuple[float, ...] = (5e-4, 2e-3, 8e-3)
+    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
     seeds: tuple[int, ...] = (0, 1)
     seed_widths: tuple[int, ...] = (32, 64)
     form_widths: tuple[int, ...] = (32,)
     form_variants: tuple[str, ...] = FORM_VARIANTS
-    steps: int = 1500
-    batch_size: int = 64
+    steps: int = 1000
+    batch_size: int = 256
     seq_len: int = 256
-    vocab_size: int = 8192
+    vocab_size: int = 256
     num_test: int = 1024
 
 
-# full: 96 runs x 1500 steps; at an assumed 20 ms per step and 8 workers overlapping fully that is
-# 96 * 1500 * 0.02 / 8 = 360 s of training (450 s at 25 ms), plus compile warm-up and evaluation.
+# full: Zoology's T = 256 and up to 64 pairs, but a 256-token vocabulary (128 keys, 128 values) instead of
+# 8192: 1000 steps at vocabulary 8192 left every model at chance (2026-12-07, H100), and a one-GPU
+# session cannot train the ~100K-example x 64-epoch schedule that Zoology uses.  Tiny models are bound by
+# launches, so a batch of 256 costs about what 64 does and gives each step four times the examples.
+# 96 runs x 1000 steps at ~80 ms per step (8 processes sharing one GPU) is ~16 min of training.
 PRESETS = {
     "full": SweepGrid(),
     "smoke": SweepGrid(widths=(32, 64), lrs=(2e-3,), seeds=(0,), seed_widths=(), form_widths=(32,),
-                       form_variants=("paper",), steps=60, num_test=256),
+                       form_variants=("paper",), steps=60, batch_size=64, num_test=256),
     "cpu-tiny": SweepGrid(widths=(16,), kv_pairs=(4,), lrs=(5e-3,), seeds=(0, 1), seed_widths=(16,),
                           form_widths=(16,), form_variants=("paper-random",), steps=3, batch_size=4, seq_len=32,
                           vocab_size=64, num_test=8),
@@ -263,24 +266,37 @@ def _write(path: Path, meta: dict, results: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def finished(path: str | Path) -> list[dict]:
+    """The runs of the sweep JSON ``path`` that have a result (for ``--resume``)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or "runs" not in data:
+        raise ValueError(f"{path}: not a sweep JSON (no 'runs')")
+    return [r for r in data["runs"] if "accuracy" in r]
+
+
 def run_sweep(runs: list[Run], output: str | Path, device: str, workers: int = 1,
-              deadline_s: float | None = None, meta: dict | None = None) -> dict:
-    """Run ``runs`` (in ``workers`` processes when > 1), write ``output`` after each, then the table / PNG."""
+              deadline_s: float | None = None, meta: dict | None = None, resume: list[dict] = ()) -> dict:
+    """Run ``runs`` (in ``workers`` processes when > 1), write ``output`` after each, then the table / PNG.
+
+    ``resume``: results of an earlier call (:func:`finished`); their runs are kept, not run again."""
     import torch
 
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    meta = _meta(device, {"workers": workers, "deadline_s": deadline_s, "planned_runs": len(runs), **(meta or {})})
+    kept = {r["key"] for r in resume}
+    runs = [r for r in runs if r.key not in kept]
+    meta = _meta(device, {"workers": workers, "deadline_s": deadline_s, "planned_runs": len(runs),
+                          "resumed_runs": len(kept), **(meta or {})})
     deadline = None if deadline_s is None else start + deadline_s
-    results: list[dict] = []
+    results: list[dict] = list(resume)
 
     def done(result: dict) -> None:
         results.append(result)
         meta["wall_seconds"] = time.time() - start
         _write(path, meta, results)
         state = result.get("error") or result.get("skipped") or f"{result['accuracy']:.1%} ({result['ms_per_step']:.1f} ms/step)"
-        print(f"[{len(results)}/{len(runs)} {time.time() - start:.0f}s] {result['key']}: {state}", flush=True)
+        print(f"[{len(results) - len(kept)}/{len(runs)} {time.time() - start:.0f}s] {result['key']}: {state}", flush=True)
 
     if workers <= 1:
         threads = torch.get_num_threads()

@@ -35,6 +35,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["demo", "--device", "tpu"], "device"),
         (["demo", "--unknown-flag"], "unrecognized arguments"),
         (["bench", "--parts", "kernels,foo"], "foo"),
+        (["bench", "--archs", "gdn,rwkv"], "--archs"),
         (["bench", "--seq-lens", "2048,0"], "--seq-lens"),
         (["mqar", "--preset", "huge"], "invalid choice"),
         (["mqar", "--workers", "0"], "positive integer"),
@@ -47,6 +48,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["mqar", "--kv-pairs", "128", "--list"], "too short"),
         (["mqar", "--vocab-size", "16", "--list"], "keys of vocabulary"),
         (["mqar", "--merge", "/nonexistent.json"], "--merge"),
+        (["mqar", "--resume", "/nonexistent.json"], "--resume"),
     ],
 )
 def test_bad_flags_exit_2_with_message(argv, message, capsys):
