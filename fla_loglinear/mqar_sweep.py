@@ -220,27 +220,44 @@ def run_one(run: Run, device: str) -> dict:
 
 # ------------------------------------------------------------------ workers
 
-_LONGEST = None  # shared max run seconds of a worker pool (set by _worker_init)
+_DURATIONS = None  # shared {cost key: longest seconds} of a worker pool (set by _worker_init)
 _DEADLINE = None
 
 
-def _worker_init(longest, deadline):
-    global _LONGEST, _DEADLINE
+def _cost_key(run: Run) -> str:
+    # runs that cost the same: one model on one shape (the lambda form and the lr change nothing)
+    return f"{run.arch}/{VARIANTS[run.variant][0]}/w{run.width}/T{run.seq_len}/B{run.batch_size}/steps{run.steps}"
+
+
+def _too_late(run: Run, durations, deadline: float | None) -> bool:
+    """Past the deadline, or a run like this one took longer than what is left (1.2x margin).
+
+    A run is estimated from the longest finished run of its cost key alone: a Mamba-2 run is not held
+    back because a Gated DeltaNet run at another width took longer, and an unknown key starts."""
+    if deadline is None:
+        return False
+    now = time.time()
+    return now >= deadline or now + 1.2 * durations.get(_cost_key(run), 0.0) > deadline
+
+
+def _worker_init(durations, deadline):
+    global _DURATIONS, _DEADLINE
     import torch
 
     # the models are tiny: host threads only contend with the other workers
     torch.set_num_threads(1)
-    _LONGEST, _DEADLINE = longest, deadline
+    _DURATIONS, _DEADLINE = durations, deadline
 
 
 def _worker(args):
     run, device = args
-    if _DEADLINE is not None and time.time() + 1.2 * _LONGEST.value > _DEADLINE:
+    if _too_late(run, _DURATIONS, _DEADLINE):
         return {"key": run.key, **asdict(run), "skipped": "deadline: not started, it would not finish in time"}
     start = time.time()
     result = run_one(run, device)
-    with _LONGEST.get_lock():
-        _LONGEST.value = max(_LONGEST.value, time.time() - start)
+    key = _cost_key(run)
+    # a race between two workers of one key only loses the smaller of two durations
+    _DURATIONS[key] = max(_DURATIONS.get(key, 0.0), time.time() - start)
     return result
 
 
@@ -302,22 +319,23 @@ def run_sweep(runs: list[Run], output: str | Path, device: str, workers: int = 1
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            longest = 0.0
+            durations: dict[str, float] = {}
             for run in runs:
-                if deadline is not None and time.time() + 1.2 * longest > deadline:
+                if _too_late(run, durations, deadline):
                     done({"key": run.key, **asdict(run), "skipped": "deadline: not started"})
                     continue
                 t0 = time.time()
                 done(run_one(run, device))
-                longest = max(longest, time.time() - t0)
+                key = _cost_key(run)
+                durations[key] = max(durations.get(key, 0.0), time.time() - t0)
         finally:
             torch.set_num_threads(threads)
     else:
         import torch.multiprocessing as mp
 
         ctx = mp.get_context("spawn")  # CUDA cannot be forked
-        longest = ctx.Value("d", 0.0)
-        with ctx.Pool(workers, initializer=_worker_init, initargs=(longest, deadline)) as pool:
+        with ctx.Manager() as manager, ctx.Pool(workers, initializer=_worker_init,
+                                                 initargs=(manager.dict(), deadline)) as pool:
             for result in pool.imap_unordered(_worker, [(run, device) for run in runs]):
                 done(result)
     report = {"meta": [meta], "runs": results}

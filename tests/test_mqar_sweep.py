@@ -171,3 +171,17 @@ def test_worker_processes(tmp_path):
     assert json.loads((tmp_path / "pool.json").read_text())["meta"][0]["workers"] == 2
     for key, r in pool.items():
         assert (r["accuracy"], r["loss_curve"]) == (one[key]["accuracy"], one[key]["loss_curve"]), key
+
+
+def test_the_deadline_estimates_a_run_from_runs_of_its_own_model_and_shape(monkeypatch):
+    runs = sweep.plan(TINY)
+    gdn = next(r for r in runs if r.arch == "gdn" and r.variant == "log-linear")
+    paper = next(r for r in runs if r.arch == "gdn" and r.variant == "paper-random")
+    mamba = next(r for r in runs if r.arch == "mamba2")
+    monkeypatch.setattr(sweep.time, "time", lambda: 100.0)
+    took = {sweep._cost_key(gdn): 50.0}
+    assert sweep._too_late(gdn, took, 130.0) and sweep._too_late(paper, took, 130.0)  # same model, other lambdas
+    assert not sweep._too_late(mamba, took, 130.0)      # never measured: it starts
+    assert not sweep._too_late(gdn, took, 200.0)
+    assert sweep._too_late(mamba, took, 100.0)          # at the deadline nothing starts
+    assert not sweep._too_late(gdn, took, None)
