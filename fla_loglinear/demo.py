@@ -149,7 +149,7 @@ def build_model(arch: str, settings: DemoSettings) -> torch.nn.Module:
 
 
 def log_linear_twin(
-    model: torch.nn.Module, settings: DemoSettings, lambda_init: str = "identity", lambda_form: str = "lowrank"
+    model: torch.nn.Module, settings: DemoSettings, lambda_init: str = "identity", lambda_form: str | None = None
 ) -> torch.nn.Module:
     """A deep copy of the stock ``model`` converted to log-linear mode (identity init: every lambda 1).
 

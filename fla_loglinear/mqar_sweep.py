@@ -24,21 +24,33 @@ import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from fla_loglinear.layers.level_scales import DEFAULT_LAMBDA_FORM
+
 __all__ = [
     "VARIANTS", "PRESETS", "Run", "SweepGrid", "plan", "shard", "parent_kind", "run_one", "run_sweep", "finished",
+    "variant_of",
     "merge", "summarize", "markdown_table", "plot",
 ]
 
-# variant -> (log_linear, lambda_form, lambda_init); "parent" is the linear model
+# variant -> (log_linear, lambda_form, lambda_init); "parent" is the linear model, "log-linear" the
+# default lambda form at the identity init
 VARIANTS = {
     "parent": (False, None, None),
-    "log-linear": (True, "lowrank", "identity"),
-    "lowrank-random": (True, "lowrank", "random"),
-    "paper": (True, "paper", "identity"),
+    "log-linear": (True, DEFAULT_LAMBDA_FORM, "identity"),
     "paper-random": (True, "paper", "random"),
+    "lowrank": (True, "lowrank", "identity"),
+    "lowrank-random": (True, "lowrank", "random"),
 }
 MAIN_VARIANTS = ("parent", "log-linear")
-FORM_VARIANTS = ("lowrank-random", "paper", "paper-random")
+FORM_VARIANTS = ("paper-random", "lowrank", "lowrank-random")
+
+
+def variant_of(result: dict) -> str:
+    """The variant a result's recorded options make (JSONs written under another default stay right)."""
+    if not result.get("log_linear"):
+        return "parent"
+    options = (True, result.get("lambda_form"), result.get("lambda_init"))
+    return next(name for name, v in VARIANTS.items() if v == options)
 
 
 @dataclass(frozen=True)
@@ -288,7 +300,9 @@ def finished(path: str | Path) -> list[dict]:
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict) or "runs" not in data:
         raise ValueError(f"{path}: not a sweep JSON (no 'runs')")
-    return [r for r in data["runs"] if "accuracy" in r]
+    # a key names its variant; a result whose recorded options are another variant's (written under
+    # another default form) is not this key's result
+    return [r for r in data["runs"] if "accuracy" in r and variant_of(r) == r["variant"]]
 
 
 def run_sweep(runs: list[Run], output: str | Path, device: str, workers: int = 1,
@@ -373,7 +387,7 @@ def summarize(runs: list[dict]) -> list[dict]:
     for r in runs:
         if "accuracy" not in r:
             continue
-        point = (r["arch"], r["seq_len"], r["kv_pairs"], r["width"], r["variant"])
+        point = (r["arch"], r["seq_len"], r["kv_pairs"], r["width"], variant_of(r))
         groups.setdefault(point, {}).setdefault(r["lr"], []).append(r)
     rows = []
     for (arch, seq_len, kv, width, variant), by_lr in sorted(groups.items()):

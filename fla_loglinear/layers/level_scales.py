@@ -15,17 +15,33 @@ __all__ = [
     "DEFAULT_LAMBDA_RANK",
     "LAMBDA_INITS",
     "LAMBDA_FORMS",
+    "DEFAULT_LAMBDA_FORM",
+    "lambda_form_for",
 ]
 
 # 21 levels cover 2 ** 20 tokens exactly; longer sequences share the last lambda (levels.clamp_level).
 DEFAULT_NUM_LEVELS = 21
 DEFAULT_LAMBDA_RANK = 32
 LAMBDA_INITS = ("identity", "random")
-# "lowrank": rank-lambda_rank bottleneck with a per-level bias; "paper": Guo et al.'s full-rank map
-LAMBDA_FORMS = ("lowrank", "paper")
+# "paper": Guo et al.'s full-rank map; "lowrank": rank-lambda_rank bottleneck with a per-level bias
+LAMBDA_FORMS = ("paper", "lowrank")
+# The default since 2026-12-07: on the demo's task (CPU, seed 0, AdamW at lr 5e-3) the low-rank form
+# trained the Gated DeltaNet twin to 38.6% recall where the paper form reached 99.5% and the parent 98.8%;
+# the same low-rank model with the lambda projection at a tenth of the lr reached 99.2%, so the
+# bottleneck's effective step size, not log-linear attention, was what failed (docs/benchmarks.md#mqar).
+DEFAULT_LAMBDA_FORM = "paper"
 
 
-def check_log_linear_options(num_levels: int, lambda_rank: int, lambda_init: str, lambda_form: str = "lowrank") -> None:
+def lambda_form_for(lambda_form: str | None, lambda_rank_given: bool) -> str:
+    """The form meant by an option left out: ``lowrank`` where a rank was given (the only form a rank
+    applies to, and what every checkpoint saved before the form option existed holds), else the default."""
+    if lambda_form is not None:
+        return lambda_form
+    return "lowrank" if lambda_rank_given else DEFAULT_LAMBDA_FORM
+
+
+def check_log_linear_options(num_levels: int, lambda_rank: int, lambda_init: str,
+                             lambda_form: str = DEFAULT_LAMBDA_FORM) -> None:
     """Raises a ValueError naming the option when one of the log-linear options is not usable."""
     for name, value in (("num_levels", num_levels), ("lambda_rank", lambda_rank)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -46,16 +62,18 @@ def _softplus_zero(device: torch.device) -> torch.Tensor:
 class LevelScaleProjection(nn.Module):
     r"""Per-token, per-head, per-level lambdas from the hidden states, in one of two forms.
 
-    ``lambda_form="lowrank"`` (the default):
-    ``lambda[..., h, l] = softplus(level_scale[h, l] * d[..., h, l] + level_bias[h, l]) / softplus(0)``
-    with ``d = weight_out @ (weight_in @ x)`` a rank-``lambda_rank`` projection, kept small by the
-    bottleneck.  ``identity`` sets ``weight_out = 0`` (``weight_in`` stays random so that
-    ``weight_out`` gets a gradient at once); ``random`` also draws ``weight_out``.
-
-    ``lambda_form="paper"`` (Guo et al.'s parameterisation):
+    ``lambda_form="paper"`` (the default; Guo et al.'s parameterisation):
     ``lambda[..., h, l] = softplus(level_scale[h, l] * (weight @ x)[..., h, l]) / softplus(0)``
     with ``weight`` a full-rank ``[heads * levels, hidden_size]`` map, no bias (``lambda_rank`` is
     unused).  ``identity`` sets ``weight = 0``; ``random`` draws it with std ``hidden_size ** -0.5``.
+
+    ``lambda_form="lowrank"``:
+    ``lambda[..., h, l] = softplus(level_scale[h, l] * d[..., h, l] + level_bias[h, l]) / softplus(0)``
+    with ``d = weight_out @ (weight_in @ x)`` a rank-``lambda_rank`` projection.  ``identity`` sets
+    ``weight_out = 0`` (``weight_in`` stays random so that ``weight_out`` gets a gradient at once);
+    ``random`` also draws ``weight_out``.  Under Adam one step can move each ``d`` by up to
+    ``lr * lambda_rank * |weight_in @ x|``, which is why this form trains worse at learning rates
+    the rest of the model takes (see ``DEFAULT_LAMBDA_FORM``).
 
     Dividing by ``softplus(0)`` (which the paper does not) makes the ``identity`` init give
     lambda = 1 exactly in any dtype, so the layer reproduces its linear parent bit for bit; in the
@@ -72,7 +90,7 @@ class LevelScaleProjection(nn.Module):
         num_levels: ``L``, lambdas per head.
         lambda_rank: bottleneck width of the ``lowrank`` projection.
         lambda_init: ``"identity"`` or ``"random"``.
-        lambda_form: ``"lowrank"`` or ``"paper"``.
+        lambda_form: ``"paper"`` or ``"lowrank"``.
 
     Input ``[..., hidden_size]``; output ``[..., num_heads, num_levels]`` float32.
     """
@@ -84,7 +102,7 @@ class LevelScaleProjection(nn.Module):
         num_levels: int,
         lambda_rank: int,
         lambda_init: str = "identity",
-        lambda_form: str = "lowrank",
+        lambda_form: str = DEFAULT_LAMBDA_FORM,
         device=None,
         dtype=None,
     ):
@@ -156,7 +174,7 @@ class LogLinearMixin:
         num_levels: int = DEFAULT_NUM_LEVELS,
         lambda_rank: int = DEFAULT_LAMBDA_RANK,
         lambda_init: str = "identity",
-        lambda_form: str = "lowrank",
+        lambda_form: str = DEFAULT_LAMBDA_FORM,
         **kwargs,
     ):
         # the fla parent builds its layer first: the projection sizes follow its heads
@@ -178,7 +196,7 @@ class LogLinearMixin:
         num_levels: int = DEFAULT_NUM_LEVELS,
         lambda_rank: int = DEFAULT_LAMBDA_RANK,
         lambda_init: str = "identity",
-        lambda_form: str = "lowrank",
+        lambda_form: str = DEFAULT_LAMBDA_FORM,
     ):
         """Turns a stock fla layer into this log-linear layer in place and returns it.
 

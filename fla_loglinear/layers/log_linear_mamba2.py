@@ -40,7 +40,7 @@ class LogLinearMamba2(LogLinearMixin, Mamba2):
         num_levels: lambdas per head (``L``); longer sequences than ``2 ** (L - 1)`` share the last.
         lambda_rank: bottleneck width of the ``lowrank`` lambda projection.
         lambda_init: ``"identity"`` (every lambda 1 at init: the layer equals its parent) or ``"random"``.
-        lambda_form: ``"lowrank"`` (bottleneck + bias) or ``"paper"`` (full-rank, Guo et al.).
+        lambda_form: ``"paper"`` (full-rank, Guo et al.; the default) or ``"lowrank"`` (bottleneck + bias).
         *args, **kwargs: :class:`~fla.layers.Mamba2`'s arguments.
     """
 

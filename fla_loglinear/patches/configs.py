@@ -13,7 +13,13 @@ import functools
 
 from fla.models import GatedDeltaNetConfig, Mamba2Config
 
-from fla_loglinear.layers.level_scales import DEFAULT_LAMBDA_RANK, DEFAULT_NUM_LEVELS, check_log_linear_options
+from fla_loglinear.layers.level_scales import (
+    DEFAULT_LAMBDA_FORM,
+    DEFAULT_LAMBDA_RANK,
+    DEFAULT_NUM_LEVELS,
+    check_log_linear_options,
+    lambda_form_for,
+)
 
 __all__ = [
     "LOG_LINEAR_FIELDS",
@@ -33,7 +39,8 @@ LOG_LINEAR_FIELDS = {
     "log_linear_levels": DEFAULT_NUM_LEVELS,
     "log_linear_lambda_rank": DEFAULT_LAMBDA_RANK,
     "log_linear_lambda_init": "identity",
-    "log_linear_lambda_form": "lowrank",
+    # left out: lambda_form_for() (lowrank where a rank is given, as in every checkpoint from before the field)
+    "log_linear_lambda_form": DEFAULT_LAMBDA_FORM,
 }
 
 # config field -> the layer option it sets
@@ -84,7 +91,8 @@ def unlock_field(value):
 
 def log_linear_options(config) -> dict | None:
     """The layer options of a log-linear config (``num_levels``, ``lambda_rank``, ``lambda_init``,
-    ``lambda_form``), else None.  Configs saved before ``log_linear_lambda_form`` existed are ``lowrank``."""
+    ``lambda_form``), else None.  Configs saved before ``log_linear_lambda_form`` existed carry a rank and
+    are ``lowrank`` (the config's ``__init__`` decides that, with :func:`lambda_form_for`)."""
     if not getattr(config, "log_linear", False):
         return None
     opts = {option: getattr(config, field, LOG_LINEAR_FIELDS[field]) for field, option in FIELD_OPTIONS.items()}
@@ -114,7 +122,9 @@ def wrap_config_init(original):
 
     @functools.wraps(original)
     def __init__(self, *args, **kwargs):
+        form = lambda_form_for(kwargs.pop("log_linear_lambda_form", None), "log_linear_lambda_rank" in kwargs)
         fields = {name: kwargs.pop(name, default) for name, default in LOG_LINEAR_FIELDS.items()}
+        fields["log_linear_lambda_form"] = form
         # a saved log-linear config carries our model_type; the flag already says what it means
         if kwargs.get("model_type") in {c.model_type for c in LOG_LINEAR_CONFIGS.values()}:
             kwargs.pop("model_type")

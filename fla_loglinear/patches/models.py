@@ -163,7 +163,7 @@ def patch(cpu: bool = True) -> None:
 
     Config fields (defaults): ``log_linear`` (False), ``log_linear_levels`` (21),
     ``log_linear_lambda_rank`` (32), ``log_linear_lambda_init`` (``"identity"`` | ``"random"``),
-    ``log_linear_lambda_form`` (``"lowrank"`` | ``"paper"``).
+    ``log_linear_lambda_form`` (``"paper"``, the default | ``"lowrank"``, what a given rank selects).
     Also routes fla's own ``LogLinearMamba2`` model to our scalar op, and (unless ``cpu=False``)
     gives fla's Triton-only modules a PyTorch path taken only for CPU tensors
     (``patches.cpu.patch_cpu``), so fla models run on a CPU; GPU paths are untouched.
@@ -206,7 +206,7 @@ def convert(
     num_levels: int | None = None,
     lambda_rank: int | None = None,
     lambda_init: str = "identity",
-    lambda_form: str = "lowrank",
+    lambda_form: str | None = None,
 ):
     """Turn a built or loaded stock fla Mamba-2 / Gated DeltaNet model into log-linear mode, in place.
 
@@ -220,15 +220,22 @@ def convert(
         num_levels: lambdas per head (default 21: every level of 2 ** 20 tokens).
         lambda_rank: bottleneck width of the lambda projection (default 32).
         lambda_init: ``"identity"`` or ``"random"``.
-        lambda_form: ``"lowrank"`` (bottleneck + bias) or ``"paper"`` (Guo et al.'s full-rank map);
+        lambda_form: ``"paper"`` (Guo et al.'s full-rank map, the default) or ``"lowrank"`` (bottleneck +
+            bias; what a given ``lambda_rank`` selects when the form is left out);
             see :class:`~fla_loglinear.layers.LevelScaleProjection`.
 
     Returns:
         ``model``.
     """
     # imported here: `import fla_loglinear` should not pull in fla's layers
-    from fla_loglinear.layers.level_scales import DEFAULT_LAMBDA_RANK, DEFAULT_NUM_LEVELS, check_log_linear_options
+    from fla_loglinear.layers.level_scales import (
+        DEFAULT_LAMBDA_RANK,
+        DEFAULT_NUM_LEVELS,
+        check_log_linear_options,
+        lambda_form_for,
+    )
 
+    lambda_form = lambda_form_for(lambda_form, lambda_rank is not None)
     num_levels = DEFAULT_NUM_LEVELS if num_levels is None else num_levels
     lambda_rank = DEFAULT_LAMBDA_RANK if lambda_rank is None else lambda_rank
     check_log_linear_options(num_levels, lambda_rank, lambda_init, lambda_form)

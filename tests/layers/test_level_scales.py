@@ -87,7 +87,7 @@ def test_bad_form_names_the_option_and_the_config_field():
     with pytest.raises(ValueError, match="config field log_linear_lambda_init"):
         tiny_config("mamba2", log_linear=True, log_linear_lambda_init="zeros")
     with pytest.raises(ValueError, match="lambda_form"):
-        patches.convert(build("gdn"), lambda_form=None)
+        patches.convert(build("gdn"), lambda_form="")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -129,7 +129,7 @@ def test_config_without_the_form_field_loads_as_lowrank(tmp_path):
     """Checkpoints written before log_linear_lambda_form existed keep meaning the low-rank form."""
     from transformers import AutoModelForCausalLM
 
-    model = build("gdn", log_linear=True, log_linear_levels=5)
+    model = build("gdn", log_linear=True, log_linear_levels=5, log_linear_lambda_form="lowrank")
     model.save_pretrained(tmp_path)
     path = os.path.join(tmp_path, "config.json")
     saved = json.load(open(path))
@@ -148,3 +148,20 @@ def test_convert_with_the_paper_form(family):
     x = torch.randint(1, VOCAB, (2, 17))
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, stock(x).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_default_form_is_the_papers_and_a_given_rank_means_lowrank(family):
+    """New models get the paper form; a rank without a form (old checkpoints, or a user asking for a
+    bottleneck width) selects the low-rank form, in configs and in convert() alike."""
+    assert mixers(build(family, log_linear=True, log_linear_levels=5))[0].level_proj.lambda_form == "paper"
+    ranked = build(family, log_linear=True, log_linear_levels=5, log_linear_lambda_rank=4)
+    assert ranked.config.log_linear_lambda_form == "lowrank"
+    assert all(m.level_proj.lambda_form == "lowrank" and m.level_proj.lambda_rank == 4 for m in mixers(ranked))
+    explicit = build(family, log_linear=True, log_linear_levels=5, log_linear_lambda_rank=4,
+                     log_linear_lambda_form="paper")
+    assert explicit.config.log_linear_lambda_form == "paper"
+    assert patches.convert(build(family), num_levels=5).config.log_linear_lambda_form == "paper"
+    converted = patches.convert(build(family), num_levels=5, lambda_rank=4)
+    assert converted.config.log_linear_lambda_form == "lowrank"
+    assert all(m.level_proj.lambda_form == "lowrank" for m in mixers(converted))

@@ -30,7 +30,9 @@ def make_layer(kind: str, seed: int = 0, n_groups: int = 2, **opts):
     else:
         stock = Mamba2(hidden_size=32, head_dim=16, state_size=16, expand=2, n_groups=n_groups, layer_idx=0)
         cls = LogLinearMamba2
-    return cls.from_stock(copy.deepcopy(stock), **{"num_levels": 5, "lambda_rank": 4, **opts}), stock
+    # the low-rank form: these tests read its weights (the paper form's are in test_level_scales.py)
+    opts = {"num_levels": 5, "lambda_rank": 4, "lambda_form": "lowrank", **opts}
+    return cls.from_stock(copy.deepcopy(stock), **opts), stock
 
 
 # ---------------------------------------------------------------- lambda projection
@@ -44,7 +46,7 @@ def test_identity_init_gives_exactly_one(dtype):
 
 
 def test_lambda_formula_against_float64():
-    proj = LevelScaleProjection(24, 3, 7, lambda_rank=5, lambda_init="random")
+    proj = LevelScaleProjection(24, 3, 7, lambda_rank=5, lambda_init="random", lambda_form="lowrank")
     with torch.no_grad():
         proj.level_scale.normal_()
         proj.level_bias.normal_()
@@ -57,7 +59,7 @@ def test_lambda_formula_against_float64():
 
 
 def test_identity_init_still_learns():
-    proj = LevelScaleProjection(16, 2, 4, lambda_rank=3)
+    proj = LevelScaleProjection(16, 2, 4, lambda_rank=3, lambda_form="lowrank")
     proj(torch.randn(5, 16)).square().sum().backward()
     assert proj.weight_out.grad.abs().sum() > 0
 

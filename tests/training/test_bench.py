@@ -32,7 +32,7 @@ def test_training_rows_table_and_profile(tmp_path, monkeypatch):
 def test_frozen_lambdas_and_compiled_blocks():
     cfg = bench.model_config("mamba2", True, 4, **TINY["mamba2"])
     model = bench._build(cfg, "cpu", torch.float32)
-    assert bench.freeze_lambdas(model) == 4  # weight_in, weight_out, level_scale, level_bias
+    assert bench.freeze_lambdas(model) == 2  # weight, level_scale (the default paper form, one layer)
     assert all(p.requires_grad == (".level_proj." not in n) for n, p in model.named_parameters())
     bench.compile_blocks(model)
     assert all(b._compiled_call_impl is not None for b in model.backbone.layers)

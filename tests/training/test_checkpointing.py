@@ -24,10 +24,12 @@ def ids(B=2, T=40, seed=1):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("lambda_init", LAMBDA_INITS)
-def test_meta_build_then_to_empty_and_post_init_keeps_the_lambda_init(family, lambda_init):
+@pytest.mark.parametrize("form", ["paper", "lowrank"])
+def test_meta_build_then_to_empty_and_post_init_keeps_the_lambda_init(family, lambda_init, form):
     from transformers import AutoModelForCausalLM
 
-    cfg = tiny_config(family, log_linear=True, log_linear_levels=4, log_linear_lambda_init=lambda_init)
+    cfg = tiny_config(family, log_linear=True, log_linear_levels=4, log_linear_lambda_init=lambda_init,
+                      log_linear_lambda_form=form)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
     assert all(p.is_meta for p in model.parameters())
@@ -37,16 +39,21 @@ def test_meta_build_then_to_empty_and_post_init_keeps_the_lambda_init(family, la
     x = torch.randn(3, 5, cfg.hidden_size)
     for layer in mixers(model):
         proj = layer.level_proj
+        assert proj.lambda_form == form
         assert torch.equal(proj.level_scale, torch.ones_like(proj.level_scale))
-        assert torch.equal(proj.level_bias, torch.zeros_like(proj.level_bias))
-        # weight_in is drawn with std hidden ** -0.5 in both forms (to_empty leaves garbage otherwise)
-        assert proj.weight_in.std().item() == pytest.approx(cfg.hidden_size ** -0.5, rel=0.3)
+        if form == "paper":
+            out, out_std = proj.weight, cfg.hidden_size ** -0.5
+        else:
+            assert torch.equal(proj.level_bias, torch.zeros_like(proj.level_bias))
+            # weight_in is drawn with std hidden ** -0.5 at both inits (to_empty leaves garbage otherwise)
+            assert proj.weight_in.std().item() == pytest.approx(cfg.hidden_size ** -0.5, rel=0.3)
+            out, out_std = proj.weight_out, DEFAULT_LAMBDA_RANK ** -0.5
         lam = proj(x)
         if lambda_init == "identity":
-            assert torch.equal(proj.weight_out, torch.zeros_like(proj.weight_out))
+            assert torch.equal(out, torch.zeros_like(out))
             assert torch.equal(lam, torch.ones_like(lam))
         else:
-            assert proj.weight_out.std().item() == pytest.approx(DEFAULT_LAMBDA_RANK ** -0.5, rel=0.3)
+            assert out.std().item() == pytest.approx(out_std, rel=0.3)
             assert lam.std() > 0.05 and bool((lam > 0).all())
     logits = model(input_ids=ids()).logits
     assert torch.isfinite(logits).all()
@@ -90,6 +97,6 @@ def test_activation_checkpointing_gives_the_same_gradients(family):
     loss, got, n = grads()
     assert n == 2 * n_ref  # every mixer ran again in the backward: the checkpoints are in effect
     torch.testing.assert_close(loss, loss_ref, atol=0, rtol=0)
-    assert got.keys() == ref.keys() and any(".level_proj.weight_out" in k for k in ref)
+    assert got.keys() == ref.keys() and any(".level_proj." in k for k in ref)
     for name in ref:
         torch.testing.assert_close(got[name], ref[name], atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
