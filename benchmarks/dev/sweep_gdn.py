@@ -23,7 +23,7 @@ from fla_loglinear.ops.log_linear_gated_delta_rule import chunk_inter_bwd, chunk
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from profile_ops import make_inputs, make_step  # noqa: E402
-from sweep_scalar import apply, time_ms  # noqa: E402
+from sweep_scalar import apply, report, time_ms  # noqa: E402
 
 from fla_loglinear.ops.log_linear_gated_delta_rule.plan import plan_for  # noqa: E402
 
@@ -132,17 +132,15 @@ def main(lengths: list[int], only: list[str] | None = None) -> None:
     for name in names:
         change, launches = SETTINGS[name]
         steps = {T: make_case(T, change) for T in lengths}
-        undo = apply(launches)
-        try:
+
+        def measure():
             cols = []
             for T in lengths:
                 diff = max_rel_diff(steps[T](), reference[T])
                 cols.append(f"T={T}: {time_ms(steps[T]):7.3f} ms (diff {diff:.1e})")
-            print(f"{name:<36} " + "  ".join(cols), flush=True)
-        except Exception as e:  # a setting that does not compile or fit is a result, not the end
-            print(f"{name:<36} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-        finally:
-            undo()
+            return "  ".join(cols)
+
+        report(name, 36, measure, apply(launches))
 
 
 if __name__ == "__main__":

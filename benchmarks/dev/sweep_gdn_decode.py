@@ -21,12 +21,21 @@ from fla_loglinear.ops.log_linear_gated_delta_rule import fused_recurrent
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from sweep_scalar import time_ms  # noqa: E402
+from sweep_scalar import report, time_ms  # noqa: E402
 from test_bench_log_linear_gated_delta_rule_decode import decode_step, reset_and_step  # noqa: E402
 
 DEFAULT = fused_recurrent._decode_blocks
 # (BV, num_warps); None: the defaults
 SETTINGS = [None, (16, 4), (64, 4), (32, 2), (32, 8), (64, 8), (16, 2), (128, 8)]
+
+
+def use_blocks(setting):
+    """(name, undo): the decode step launched with ``setting``'s (BV, num_warps) until ``undo()``."""
+    if setting is None:
+        return "defaults", lambda: None
+    BV, nw = setting
+    fused_recurrent._decode_blocks = lambda K, V, pending=False: (DEFAULT(K, V)[0], BV, nw)
+    return f"BV={BV} warps={nw}", lambda: setattr(fused_recurrent, "_decode_blocks", DEFAULT)
 
 
 def wall_ms(step, iters: int = 50) -> float:
@@ -88,17 +97,9 @@ def phases() -> None:
     with torch.no_grad():
         ours = reset_and_step("ours")
         for setting in SETTINGS:
-            name = "defaults" if setting is None else f"BV={setting[0]} warps={setting[1]}"
-            if setting is not None:
-                fused_recurrent._decode_blocks = (lambda BV, nw: lambda K, V, pending=False: (DEFAULT(K, V)[0], BV, nw))(*setting)
-            try:
-                # time_ms times back-to-back calls; F calls per sample walk r through 0 .. F - 1 once
-                mean = time_ms(lambda: [ours() for _ in range(F)], 10) / F
-                print(f"{name:<20} mean over r {mean:.4f} ms", flush=True)
-            except Exception as e:
-                print(f"{name:<20} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-            finally:
-                fused_recurrent._decode_blocks = DEFAULT
+            name, undo = use_blocks(setting)
+            # time_ms times back-to-back calls; F calls per sample walk r through 0 .. F - 1 once
+            report(name, 20, lambda: f"mean over r {time_ms(lambda: [ours() for _ in range(F)], 10) / F:.4f} ms", undo)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         times = [[] for _ in range(F)]
         for i in range(10 * F):
@@ -119,15 +120,8 @@ def main() -> None:
               flush=True)
         ours = reset_and_step("ours")
         for setting in SETTINGS:
-            name = "defaults" if setting is None else f"BV={setting[0]} warps={setting[1]}"
-            if setting is not None:
-                fused_recurrent._decode_blocks = (lambda BV, nw: lambda K, V, pending=False: (DEFAULT(K, V)[0], BV, nw))(*setting)
-            try:
-                print(f"{name:<36} gpu {time_ms(ours, 50):.4f} ms  wall {wall_ms(ours):.4f} ms", flush=True)
-            except Exception as e:  # a setting that does not compile is a result, not the end
-                print(f"{name:<36} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-            finally:
-                fused_recurrent._decode_blocks = DEFAULT
+            name, undo = use_blocks(setting)
+            report(name, 36, lambda: f"gpu {time_ms(ours, 50):.4f} ms  wall {wall_ms(ours):.4f} ms", undo)
 
 
 if __name__ == "__main__":

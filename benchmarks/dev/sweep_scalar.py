@@ -53,6 +53,16 @@ def apply(setting):
     return lambda: [setattr(k, "run", o) for k, o in undo]
 
 
+def report(name: str, width: int, measure, undo) -> None:
+    """Prints ``name`` and what ``measure()`` returns, or why it failed; calls ``undo()`` either way."""
+    try:
+        print(f"{name:<{width}} {measure()}", flush=True)
+    except Exception as e:  # a setting that does not compile or fit is a result, not the end
+        print(f"{name:<{width}} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    finally:
+        undo()
+
+
 def time_ms(step, iters: int = 10) -> float:
     for _ in range(3):
         step()
@@ -69,14 +79,7 @@ def time_ms(step, iters: int = 10) -> float:
 def main(lengths: list[int]) -> None:
     steps = {T: make_step("scalar", T) for T in lengths}
     for name, setting in SETTINGS.items():
-        undo = apply(setting)
-        try:
-            times = [f"T={T}: {time_ms(steps[T]):7.3f} ms" for T in lengths]
-            print(f"{name:<28} " + "  ".join(times), flush=True)
-        except Exception as e:  # a setting that does not compile or fit is a result, not the end
-            print(f"{name:<28} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-        finally:
-            undo()
+        report(name, 28, lambda: "  ".join(f"T={T}: {time_ms(steps[T]):7.3f} ms" for T in lengths), apply(setting))
 
 
 if __name__ == "__main__":
