@@ -143,6 +143,14 @@ def _list(parser, flag: str, text: str | None, kind):
     return values
 
 
+def _archs(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]:
+    archs = tuple(a.strip() for a in text.split(",") if a.strip())
+    bad = sorted(set(archs) - {"gdn", "mamba2"})
+    if bad or not archs:
+        parser.error(f"--archs: unknown model(s) {bad or archs}; choose from gdn, mamba2")
+    return archs
+
+
 def _mqar(parser: argparse.ArgumentParser, args) -> int:
     import fla_loglinear.mqar_sweep as sweep
 
@@ -153,12 +161,7 @@ def _mqar(parser: argparse.ArgumentParser, args) -> int:
             parser.error(f"--merge: {err}")
         sweep.finish(report, args.output)
         return 0
-    archs = None
-    if args.archs is not None:
-        archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
-        bad = sorted(set(archs) - {"gdn", "mamba2"})
-        if bad or not archs:
-            parser.error(f"--archs: unknown model(s) {bad or archs}; choose from gdn, mamba2")
+    archs = None if args.archs is None else _archs(parser, args.archs)
     seeds = None
     if args.seeds is not None:
         try:
@@ -238,9 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--parts: unknown part(s) {unknown or parts}; choose from kernels, train, decode")
         if (args.compile or args.profile) and "train" not in parts:
             parser.error("--compile and --profile apply to the train part: add train to --parts")
-        archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
-        if not archs or set(archs) - {"gdn", "mamba2"}:
-            parser.error(f"--archs: expected a comma-separated subset of gdn,mamba2, got {args.archs!r}")
+        archs = _archs(parser, args.archs)
         from fla_loglinear.bench import run_bench
 
         return run_bench(

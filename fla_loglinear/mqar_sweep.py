@@ -252,6 +252,12 @@ def _too_late(run: Run, durations, deadline: float | None) -> bool:
     return now >= deadline or now + 1.2 * durations.get(_cost_key(run), 0.0) > deadline
 
 
+def _took(durations, run: Run, seconds: float) -> None:
+    # in a pool, a race between two workers of one key only loses the smaller of two durations
+    key = _cost_key(run)
+    durations[key] = max(durations.get(key, 0.0), seconds)
+
+
 def _worker_init(durations, deadline):
     global _DURATIONS, _DEADLINE
     import torch
@@ -267,9 +273,7 @@ def _worker(args):
         return {"key": run.key, **asdict(run), "skipped": "deadline: not started, it would not finish in time"}
     start = time.time()
     result = run_one(run, device)
-    key = _cost_key(run)
-    # a race between two workers of one key only loses the smaller of two durations
-    _DURATIONS[key] = max(_DURATIONS.get(key, 0.0), time.time() - start)
+    _took(_DURATIONS, run, time.time() - start)
     return result
 
 
@@ -295,11 +299,16 @@ def _write(path: Path, meta: dict, results: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def finished(path: str | Path) -> list[dict]:
-    """The runs of the sweep JSON ``path`` that have a result (for ``--resume``)."""
+def _load(path: str | Path) -> dict:
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict) or "runs" not in data:
         raise ValueError(f"{path}: not a sweep JSON (no 'runs')")
+    return data
+
+
+def finished(path: str | Path) -> list[dict]:
+    """The runs of the sweep JSON ``path`` that have a result (for ``--resume``)."""
+    data = _load(path)
     # a key names its variant; a result whose recorded options are another variant's (written under
     # another default form) is not this key's result
     return [r for r in data["runs"] if "accuracy" in r and variant_of(r) == r["variant"]]
@@ -340,8 +349,7 @@ def run_sweep(runs: list[Run], output: str | Path, device: str, workers: int = 1
                     continue
                 t0 = time.time()
                 done(run_one(run, device))
-                key = _cost_key(run)
-                durations[key] = max(durations.get(key, 0.0), time.time() - t0)
+                _took(durations, run, time.time() - t0)
         finally:
             torch.set_num_threads(threads)
     else:
@@ -370,9 +378,7 @@ def merge(paths: list[str | Path]) -> dict:
     """One report from several sweep JSONs; a run (by key) that finished anywhere beats a skipped / failed copy."""
     metas, by_key = [], {}
     for p in paths:
-        data = json.loads(Path(p).read_text())
-        if not isinstance(data, dict) or "runs" not in data:
-            raise ValueError(f"{p}: not a sweep JSON (no 'runs')")
+        data = _load(p)
         metas.extend(data.get("meta", []))
         for r in data["runs"]:
             old = by_key.get(r["key"])
