@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     mqar.add_argument("--seeds", default=None, help="comma-separated seeds (the first everywhere, the rest at --seed-widths)")
     mqar.add_argument("--seed-widths", default=None, help="widths that get every seed")
     mqar.add_argument("--form-widths", default=None, help="widths of the lambda-form / init comparison")
+    mqar.add_argument("--forms", default=None,
+                      help="comma-separated variants of that comparison (of paper-random, lowrank, lowrank-random)")
     mqar.add_argument("--archs", default=None, help="comma-separated subset of gdn,mamba2")
     mqar.add_argument("--list", action="store_true", help="print the planned runs and a time estimate, run nothing")
     mqar.add_argument("--assume-ms", type=float, default=20.0,
@@ -170,12 +172,19 @@ def _mqar(parser: argparse.ArgumentParser, args) -> int:
             parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
         if not seeds or min(seeds) < 0:
             parser.error(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
+    forms = None
+    if args.forms is not None:
+        forms = tuple(x.strip() for x in args.forms.split(",") if x.strip())
+        unknown = [f for f in forms if f not in sweep.FORM_VARIANTS]
+        if not forms or unknown:
+            parser.error(f"--forms: expected comma-separated names of {', '.join(sweep.FORM_VARIANTS)}, got {args.forms!r}")
     grid = sweep.grid_with(
         sweep.PRESETS[args.preset], archs=archs, seeds=seeds, steps=args.steps, batch_size=args.batch_size,
         seq_len=args.seq_len, vocab_size=args.vocab_size,
         widths=_list(parser, "--widths", args.widths, int), kv_pairs=_list(parser, "--kv-pairs", args.kv_pairs, int),
         lrs=_list(parser, "--lrs", args.lrs, float), seed_widths=_list(parser, "--seed-widths", args.seed_widths, int),
         form_widths=_list(parser, "--form-widths", args.form_widths, int),
+        form_variants=forms,
     )
     for kv in grid.kv_pairs:
         if grid.seq_len < 4 * kv:

@@ -28,7 +28,7 @@ from fla_loglinear.layers.level_scales import DEFAULT_LAMBDA_FORM
 
 __all__ = [
     "VARIANTS", "PRESETS", "Run", "SweepGrid", "plan", "shard", "parent_kind", "run_one", "run_sweep", "finished",
-    "variant_of",
+    "variant_of", "warmup_runs",
     "merge", "summarize", "markdown_table", "plot",
 ]
 
@@ -87,12 +87,13 @@ class SweepGrid:
 
     archs: tuple[str, ...] = ("gdn", "mamba2")
     widths: tuple[int, ...] = (32, 64, 128)
-    kv_pairs: tuple[int, ...] = (32,)
-    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    kv_pairs: tuple[int, ...] = (16,)
+    lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
     seeds: tuple[int, ...] = (0, 1)
     seed_widths: tuple[int, ...] = (32, 64)
     form_widths: tuple[int, ...] = (32,)
-    form_variants: tuple[str, ...] = FORM_VARIANTS
+    # the other lambda form, and the default form from a random init; lowrank-random on request
+    form_variants: tuple[str, ...] = ("lowrank", "paper-random")
     steps: int = 1000
     batch_size: int = 256
     seq_len: int = 256
@@ -100,11 +101,13 @@ class SweepGrid:
     num_test: int = 1024
 
 
-# full: Zoology's T = 256 and up to 64 pairs, but a 256-token vocabulary (128 keys, 128 values) instead of
-# 8192: 1000 steps at vocabulary 8192 left every model at chance (2026-12-07, H100), and a one-GPU
-# session cannot train the ~100K-example x 64-epoch schedule that Zoology uses.  Tiny models are bound by
-# launches, so a batch of 256 costs about what 64 does and gives each step four times the examples.
-# 96 runs x 1000 steps at ~80 ms per step (8 processes sharing one GPU) is ~16 min of training.
+# full: Zoology's T = 256, but a 256-token vocabulary (128 keys, 128 values) instead of 8192 and 16 pairs:
+# in 1000 steps (2026-12-07, H100) vocabulary 8192 left every model at chance, and at 32 pairs Mamba-2
+# stayed at chance and Gated DeltaNet reached at most 11%, still learning; a one-GPU session cannot train
+# the ~100K-example x 64-epoch schedule that Zoology uses.  Tiny models are bound by launches, so a batch
+# of 256 costs about what 64 does and gives each step four times the examples.  At lr 1e-2 both models
+# diverged at 32 pairs, hence 1e-3 / 2e-3 / 4e-3.  84 runs x 1000 steps at ~100 ms per step (12 processes
+# sharing one GPU) is ~12 min of training.
 PRESETS = {
     "full": SweepGrid(),
     "smoke": SweepGrid(widths=(32, 64), lrs=(2e-3,), seeds=(0,), seed_widths=(), form_widths=(32,),
@@ -277,6 +280,21 @@ def _worker(args):
     return result
 
 
+def warmup_runs(runs: list[Run]) -> list[Run]:
+    """One two-step run per distinct compiled shape of ``runs`` (model, log-linear or not, width, T, batch)."""
+    shapes = {}
+    for run in runs:
+        shape = (run.arch, VARIANTS[run.variant][0], run.width, run.seq_len, run.batch_size)
+        shapes.setdefault(shape, replace(run, steps=2, num_test=128))
+    return list(shapes.values())
+
+
+def _warm(args):
+    run, device = args
+    result = run_one(run, device)
+    return result.get("error")
+
+
 def _meta(device: str, extra: dict) -> dict:
     import fla
     import torch
@@ -358,6 +376,15 @@ def run_sweep(runs: list[Run], output: str | Path, device: str, workers: int = 1
         ctx = mp.get_context("spawn")  # CUDA cannot be forked
         with ctx.Manager() as manager, ctx.Pool(workers, initializer=_worker_init,
                                                  initargs=(manager.dict(), deadline)) as pool:
+            if torch.device(device).type == "cuda":
+                # Workers that start together would each compile (and autotune) the same Triton kernels;
+                # one short run per distinct model shape fills the shared cache first, in parallel.
+                shapes = warmup_runs(runs)
+                for error in pool.imap_unordered(_warm, [(run, device) for run in shapes]):
+                    if error:
+                        print(f"warm-up run failed (its runs will report it): {error}", flush=True)
+                meta["warmup_seconds"] = time.time() - start
+                print(f"compiled {len(shapes)} model shapes in {meta['warmup_seconds']:.0f} s", flush=True)
             for result in pool.imap_unordered(_worker, [(run, device) for run in runs]):
                 done(result)
     report = {"meta": [meta], "runs": results}

@@ -47,9 +47,9 @@ def test_shards_partition_the_plan_and_keep_a_setting_together():
 def test_full_preset_fits_the_stated_budget():
     runs = sweep.plan(sweep.PRESETS["full"])
     assert {r.seq_len for r in runs} == {256} and {r.vocab_size for r in runs} == {256}
-    assert len({r.lr for r in runs}) >= 3 and {r.variant for r in runs} == set(sweep.VARIANTS)
-    # the comment's budget: ~16 minutes of training with 8 workers at 80 ms per step
-    assert sweep.estimate_seconds(runs, 80.0, 8) <= 16 * 60
+    assert len({r.lr for r in runs}) >= 3 and {r.variant for r in runs} == set(sweep.VARIANTS) - {"lowrank-random"}
+    # the comment's budget: ~12 minutes of training with 12 workers at 100 ms per step
+    assert sweep.estimate_seconds(runs, 100.0, 12) <= 12 * 60
 
 
 @pytest.mark.parametrize("refused", [False, True])
@@ -185,3 +185,12 @@ def test_the_deadline_estimates_a_run_from_runs_of_its_own_model_and_shape(monke
     assert not sweep._too_late(gdn, took, 200.0)
     assert sweep._too_late(mamba, took, 100.0)          # at the deadline nothing starts
     assert not sweep._too_late(gdn, took, None)
+
+
+def test_warmup_covers_every_compiled_shape_once_with_short_runs():
+    runs = sweep.plan(sweep.PRESETS["full"])
+    warm = sweep.warmup_runs(runs)
+    shapes = {(r.arch, sweep.VARIANTS[r.variant][0], r.width, r.seq_len, r.batch_size) for r in runs}
+    assert len(warm) == len(shapes)
+    assert {(r.arch, sweep.VARIANTS[r.variant][0], r.width, r.seq_len, r.batch_size) for r in warm} == shapes
+    assert all(r.steps == 2 and r.num_test == 128 for r in warm)
