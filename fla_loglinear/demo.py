@@ -166,8 +166,8 @@ def log_linear_twin(
 
 
 def _query_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    mask = targets != IGNORE_INDEX
-    return F.cross_entropy(logits[mask].float(), targets[mask])
+    # ignore_index rather than logits[mask]: a boolean index waits for the GPU to count the mask
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
 def _lr_factor(step: int, s: DemoSettings) -> float:
@@ -228,7 +228,10 @@ def train_model(model, train: MQARBatch, settings: DemoSettings, desc: str = "",
     gen = torch.Generator().manual_seed(s.seed + 1)
     opt = torch.optim.AdamW(_param_groups(model, s), lr=s.lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, s))
-    order = torch.randperm(len(train), generator=gen)
+    # the set and the batch order live on the device: a copy from pageable host memory each step would
+    # wait for every queued kernel, and these small models are bound by how fast launches are queued
+    train = train.to(s.device)
+    order = torch.randperm(len(train), generator=gen).to(s.device)
     cursor = 0
     losses: list[torch.Tensor] = []
     trained = [p for p in model.parameters() if p.requires_grad]
@@ -241,8 +244,8 @@ def train_model(model, train: MQARBatch, settings: DemoSettings, desc: str = "",
             _sync(s.device)
             timed_from = time.perf_counter()
         if cursor + s.batch_size > len(order):
-            order, cursor = torch.randperm(len(train), generator=gen), 0
-        batch = train[order[cursor:cursor + s.batch_size]].to(s.device)
+            order, cursor = torch.randperm(len(train), generator=gen).to(s.device), 0
+        batch = train[order[cursor:cursor + s.batch_size]]
         cursor += s.batch_size
         logits = model(input_ids=batch.inputs).logits
         loss = _query_loss(logits, batch.targets)
