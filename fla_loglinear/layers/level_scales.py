@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from fla_loglinear.ops.checks import updatable_in_place
 
 __all__ = [
     "LevelScaleProjection",
@@ -159,7 +162,8 @@ class LevelScaleProjection(nn.Module):
 
 
 class LogLinearMixin:
-    """What a log-linear layer adds to its fla parent: ``level_proj`` and conversion from a stock layer.
+    """What a log-linear layer adds to its fla parent: ``level_proj``, conversion from a stock layer and
+    the forward's input rule and choice of op, which both layers share.
 
     A subclass sets ``_stock_class`` (the fla layer it extends) and ``_lambda_heads`` (the attribute
     holding the number of heads lambdas are given for).
@@ -188,6 +192,24 @@ class LogLinearMixin:
             self.hidden_size, getattr(self, self._lambda_heads), num_levels, lambda_rank, lambda_init, lambda_form,
             device=ref.device, dtype=ref.dtype,
         )
+
+    @staticmethod
+    def _check_attention_mask(attention_mask: torch.Tensor | None) -> None:
+        # the layers unpad by it, which takes a per-token padding mask
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(
+                "attention_mask must be a [batch_size, seq_len] 0/1 padding mask (0 = padding), "
+                f"got shape {tuple(attention_mask.shape)}"
+            )
+
+    @staticmethod
+    def _pick_op(decoding: bool, chunk_op, recurrent_op, initial_state) -> tuple[Callable, dict]:
+        """The op of a call and the options only it takes: the recurrent op for decoding steps, the
+        chunked op otherwise."""
+        if not decoding:
+            return chunk_op, {}
+        # the cache's state is ours alone: decode into it (see inplace_final_state)
+        return recurrent_op, {"inplace_final_state": updatable_in_place(initial_state)}
 
     @classmethod
     def from_stock(

@@ -10,7 +10,6 @@ from fla.layers.utils import get_layer_cache, repad_hidden_states, unpad_hidden_
 from torch.nn import functional as F
 
 from fla_loglinear.layers.level_scales import LogLinearMixin
-from fla_loglinear.ops.checks import updatable_in_place
 
 if TYPE_CHECKING:
     from fla.models.cache_utils import Cache
@@ -54,11 +53,7 @@ class LogLinearGatedDeltaNet(LogLinearMixin, GatedDeltaNet):
             fused_recurrent_log_linear_gated_delta_rule,
         )
 
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(
-                "attention_mask must be a [batch_size, seq_len] 0/1 padding mask (0 = padding), "
-                f"got shape {tuple(attention_mask.shape)}"
-            )
+        self._check_attention_mask(attention_mask)
         batch_size, q_len, _ = hidden_states.shape
         if torch.is_grad_enabled():
             mode = "chunk"
@@ -95,13 +90,8 @@ class LogLinearGatedDeltaNet(LogLinearMixin, GatedDeltaNet):
         v = rearrange(v, "... (h d) -> ... h d", d=self.head_v_dim)
 
         initial_state = last_state["recurrent_state"] if last_state is not None else None
-        extra = {}
-        if mode == "fused_recurrent":
-            op = fused_recurrent_log_linear_gated_delta_rule
-            # the cache's state is ours alone: decode into it (see inplace_final_state)
-            extra["inplace_final_state"] = updatable_in_place(initial_state)
-        else:
-            op = chunk_log_linear_gated_delta_rule
+        op, extra = self._pick_op(mode == "fused_recurrent", chunk_log_linear_gated_delta_rule,
+                                  fused_recurrent_log_linear_gated_delta_rule, initial_state)
         o, recurrent_state = op(
             q=q,
             k=k,

@@ -10,7 +10,6 @@ from fla.layers.mamba2 import Mamba2
 from fla.layers.utils import get_layer_cache, get_unpad_indices_and_cu, index_first_axis, pad_input, update_layer_cache
 
 from fla_loglinear.layers.level_scales import LogLinearMixin
-from fla_loglinear.ops.checks import updatable_in_place
 
 if TYPE_CHECKING:
     from fla.models.cache_utils import Cache
@@ -74,11 +73,7 @@ class LogLinearMamba2(LogLinearMixin, Mamba2):
 
         if hidden_states.shape[1] == 0:
             return hidden_states, None, past_key_values
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(
-                "attention_mask must be a [batch_size, seq_len] 0/1 padding mask (0 = padding), "
-                f"got shape {tuple(attention_mask.shape)}"
-            )
+        self._check_attention_mask(attention_mask)
         if kwargs.get("cu_seqlens") is not None:
             raise NotImplementedError(
                 "LogLinearMamba2 does not take cu_seqlens (nor does fla's Mamba2); "
@@ -117,13 +112,8 @@ class LogLinearMamba2(LogLinearMixin, Mamba2):
                 for t in (q, k, v, g, level_scales)
             )
         initial_state = last_state["recurrent_state"] if last_state is not None else None
-        extra = {}
-        if T == 1 and not torch.is_grad_enabled():
-            op = fused_recurrent_log_linear_attn
-            # the cache's state is ours alone: decode into it (see inplace_final_state)
-            extra["inplace_final_state"] = updatable_in_place(initial_state)
-        else:
-            op = chunk_log_linear_attn
+        op, extra = self._pick_op(T == 1 and not torch.is_grad_enabled(), chunk_log_linear_attn,
+                                  fused_recurrent_log_linear_attn, initial_state)
         y, recurrent_state = op(
             q, k, v, g, level_scales,
             initial_state=initial_state,

@@ -25,8 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fla_loglinear.ops.checks import check_inplace_state, check_state
-from fla_loglinear.ops.log_linear_attn.args import check_log_linear_attn_args
+from fla_loglinear.ops.log_linear_attn.args import check_log_linear_attn_args, check_log_linear_attn_decode_args
 from fla_loglinear.ops.log_linear_attn.chunk import ChunkLayout, chunk_log_linear_attn, chunk_log_linear_attn_bwd
 from fla_loglinear.ops.log_linear_attn.fused_recurrent import fused_recurrent_log_linear_attn
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
@@ -35,7 +34,10 @@ from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import (
     state_in,
     use_kernels,
 )
-from fla_loglinear.ops.log_linear_gated_delta_rule.fused_recurrent import fused_recurrent_log_linear_gated_delta_rule
+from fla_loglinear.ops.log_linear_gated_delta_rule.fused_recurrent import (
+    check_decode_args,
+    fused_recurrent_log_linear_gated_delta_rule,
+)
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options
 from fla_loglinear.ops.log_linear_gated_delta_rule.pending import attach_pending
 from fla_loglinear.ops.triton_env import use_triton
@@ -112,6 +114,12 @@ def _vjp(fn, inputs: list[Tensor | None], outputs_of, grads: list[Tensor | None]
                                   materialize_grads=True) if pairs else [torch.zeros_like(x) for x in diff]
     it = iter(got)
     return [next(it) if x is not None and x.requires_grad else None for x in leaves]
+
+
+def _gate_params(A_log: Tensor | None, dt_bias: Tensor | None) -> dict:
+    """The Gated DeltaNet ops' gate tensors as keyword options, left out where absent (the ops reject
+    them without ``use_gate_in_kernel``)."""
+    return {name: x for name, x in (("A_log", A_log), ("dt_bias", dt_bias)) if x is not None}
 
 
 def _outputs(result) -> tuple[Tensor, Tensor | None]:
@@ -242,13 +250,7 @@ def _(q, k, v, g, level_scales, states, positions, cu_seqlens, scale, output_fin
 def compiled_fused_recurrent_log_linear_attn(q, k, v, g, level_scales, initial_state, output_final_state, cu_seqlens,
                                              scale, inplace_final_state, _use_triton):
     """:func:`~fla_loglinear.ops.fused_recurrent_log_linear_attn` as Dynamo traces it."""
-    B, T, G, H, K, V, L, N = check_log_linear_attn_args(q, k, v, g, level_scales, None, cu_seqlens)
-    check_state("initial_state", initial_state, N, H, L, K, V, q.device)
-    if inplace_final_state:
-        check_inplace_state(initial_state)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, level_scales)):
-        raise RuntimeError("fused_recurrent_log_linear_attn is forward-only (decoding) and got inputs that require "
-                           "grad; use chunk_log_linear_attn for training or call it under torch.no_grad()")
+    K = check_log_linear_attn_decode_args(q, k, v, g, level_scales, initial_state, cu_seqlens, inplace_final_state)[4]
     scale = K ** -0.5 if scale is None else float(scale)
     states, positions = _flat(initial_state)[:2]
     o, ht, pos = _recurrent_attn(q, k, v, g, level_scales, states, positions, cu_seqlens, scale,
@@ -281,15 +283,12 @@ def _chunk_gdn(
 def _chunk_gdn_eager(q, k, v, g, beta, level_scales, A_log, dt_bias, states, positions, pending_keys, pending_gates,
                      pending_from, cu_seqlens, scale, output_final_state, use_qk_l2norm_in_kernel,
                      use_beta_sigmoid_in_kernel, allow_neg_eigval, use_gate_in_kernel, state_v_first, force_triton):
-    extra = {} if A_log is None else {"A_log": A_log}
-    if dt_bias is not None:
-        extra["dt_bias"] = dt_bias
     return chunk_log_linear_gated_delta_rule(
         q, k, v, g, beta, level_scales, scale,
         _state(states, positions, pending_keys, pending_gates, pending_from), output_final_state,
         use_qk_l2norm_in_kernel, cu_seqlens, use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel,
         allow_neg_eigval=allow_neg_eigval, use_gate_in_kernel=use_gate_in_kernel, state_v_first=state_v_first,
-        _force_triton=force_triton, **extra,
+        _force_triton=force_triton, **_gate_params(A_log, dt_bias),
     )
 
 
@@ -386,16 +385,13 @@ def _recurrent_gdn(
     use_beta_sigmoid_in_kernel: bool, allow_neg_eigval: bool, use_gate_in_kernel: bool, state_v_first: bool,
     force_triton: bool, inplace_final_state: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    extra = {} if A_log is None else {"A_log": A_log}
-    if dt_bias is not None:
-        extra["dt_bias"] = dt_bias
     with torch.no_grad():
         o, final = fused_recurrent_log_linear_gated_delta_rule(
             q, k, v, g, beta, level_scales, scale,
             _state(states, positions, pending_keys, pending_gates, pending_from), output_final_state,
             use_qk_l2norm_in_kernel, cu_seqlens, inplace_final_state,
             use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel, allow_neg_eigval=allow_neg_eigval,
-            use_gate_in_kernel=use_gate_in_kernel, state_v_first=state_v_first, _force_triton=force_triton, **extra,
+            use_gate_in_kernel=use_gate_in_kernel, state_v_first=state_v_first, _force_triton=force_triton, **_gate_params(A_log, dt_bias),
         )
     return (_dense(o), *_final_real(None if inplace_final_state else final, q))
 
@@ -417,17 +413,8 @@ def compiled_fused_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, level
                                                          output_final_state, use_qk_l2norm_in_kernel, cu_seqlens,
                                                          inplace_final_state, kwargs):
     """:func:`~fla_loglinear.ops.fused_recurrent_log_linear_gated_delta_rule` as Dynamo traces it."""
-    op = "fused_recurrent_log_linear_gated_delta_rule"
-    opts = parse_options(op, use_qk_l2norm_in_kernel, kwargs)
-    tensors = [q, k, v, g, beta, level_scales, opts.A_log, opts.dt_bias]
-    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors):
-        raise RuntimeError(f"{op} is forward-only (decoding); use chunk_log_linear_gated_delta_rule for training")
-    B, T, H, HV, K, V, L, N = check_log_linear_gated_delta_rule_args(
-        q, k, v, g, beta, level_scales, initial_state=state_in(initial_state, opts.state_v_first),
-        cu_seqlens=cu_seqlens, pending=True,
-    )
-    if inplace_final_state:
-        check_inplace_state(initial_state)
+    opts, _, (B, T, H, HV, K, V, L, N) = check_decode_args(
+        q, k, v, g, beta, level_scales, initial_state, use_qk_l2norm_in_kernel, cu_seqlens, inplace_final_state, kwargs)
     # the log of pending transitions is new tensors on the state object: made here, outside the op,
     # so that the op only writes into tensors it was given (see the eager function's keep_pending)
     if inplace_final_state and use_kernels(q, opts.force_triton, K, L) and L > 1 and B * T == N:

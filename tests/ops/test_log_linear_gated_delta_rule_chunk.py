@@ -19,6 +19,7 @@ from fla_loglinear.ops.log_linear_gated_delta_rule.plan import GDNLaunchPlan, pl
 from fla_loglinear.state import FenwickState
 from tests.ops.states import empty_slots, with_junk_in_empty_slots
 from tests.ops.sm90 import MMA_HEAD_DIMS, run_uninterpreted
+from tests.ops.tolerance import assert_close
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -68,13 +69,6 @@ def grads(out, inputs, seed=2):
         loss = loss + (st.states.double() * torch.randn(st.states.shape, generator=gen,
                                                          dtype=torch.float64).to(o.device)).sum()
     return torch.autograd.grad(loss, [x for x in inputs if x is not None], allow_unused=True)
-
-
-def assert_close(a, b, tol, name):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    err = (a - b).abs().max().item()
-    ref = b.abs().max().item()
-    assert err <= tol * max(ref, 1.0), f"{name}: max abs error {err:.3e} (reference max {ref:.3e})"
 
 
 CASES = [

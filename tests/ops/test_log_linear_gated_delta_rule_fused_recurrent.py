@@ -10,6 +10,7 @@ from fla_loglinear.ops.log_linear_gated_delta_rule import (
 )
 from fla_loglinear.state import FenwickState
 from tests.ops.states import occupied_part, settled_states, with_junk_in_empty_slots
+from tests.ops.tolerance import assert_close
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -35,12 +36,6 @@ def random_state(N, HV, L, K, V, positions, device="cpu", seed=1):
     gen = torch.Generator(device="cpu").manual_seed(seed)
     return FenwickState((torch.randn(N, HV, L, K, V, generator=gen) * 0.3).to(device),
                         torch.tensor(positions, dtype=torch.int64, device=device))
-
-
-def assert_close(a, b, tol, name):
-    err = (a.double() - b.double()).abs().max().item()
-    ref = b.double().abs().max().item()
-    assert err <= tol * max(ref, 1.0), f"{name}: max abs error {err:.3e} (reference max {ref:.3e})"
 
 
 @pytest.mark.parametrize("B,T,H,HV,K,V,L,start", [

@@ -14,7 +14,8 @@ from fla_loglinear.ops.log_linear_gated_delta_rule import (
 )
 from fla_loglinear.state import FenwickState
 from tests.ops.states import occupied_part, settled_states, with_junk_in_empty_slots
-from tests.ops.test_log_linear_gated_delta_rule_fused_recurrent import CUDA, assert_close, make_inputs, random_state
+from tests.ops.test_log_linear_gated_delta_rule_fused_recurrent import CUDA, make_inputs, random_state
+from tests.ops.tolerance import assert_close
 
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 

@@ -8,13 +8,14 @@ from fla_loglinear.ops.checks import (
     check_dim,
     check_float_dtypes,
     check_heads,
+    check_inplace_state,
     check_rank,
     check_same_device,
     check_state,
 )
 from fla_loglinear.state import FenwickState
 
-__all__ = ["check_log_linear_attn_args"]
+__all__ = ["check_log_linear_attn_args", "check_log_linear_attn_decode_args"]
 
 
 def check_log_linear_attn_args(
@@ -69,3 +70,35 @@ def check_log_linear_attn_args(
             and bool((initial_state.positions < 0).any())):
         raise ValueError(f"initial_state.positions must be >= 0, got {initial_state.positions.tolist()}")
     return B, T, G, H, K, V, L, N
+
+
+def check_log_linear_attn_decode_args(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    level_scales: torch.Tensor,
+    initial_state: FenwickState | None,
+    cu_seqlens: torch.Tensor | None,
+    inplace_final_state: bool,
+) -> tuple[int, int, int, int, int, int, int, int]:
+    """:func:`check_log_linear_attn_args` for the decoding op (eager and as ``torch.compile`` traces it),
+    which also rejects inputs that require grad (it has no backward) and checks an in-place target.
+
+    The state is checked without reading its positions back: a decode step must not synchronise.
+    Returns ``(B, T, G, H, K, V, L, N)``.
+    """
+    dims = check_log_linear_attn_args(q, k, v, g, level_scales, None, cu_seqlens)
+    H, K, V, L, N = dims[3:]
+    check_state("initial_state", initial_state, N, H, L, K, V, q.device)
+    if inplace_final_state:
+        check_inplace_state(initial_state)
+    if torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad
+        for x in (q, k, v, g, level_scales, None if initial_state is None else initial_state.states)
+    ):
+        raise RuntimeError(
+            "fused_recurrent_log_linear_attn is forward-only (decoding) and got inputs that require grad; "
+            "use chunk_log_linear_attn for training or call it under torch.no_grad()"
+        )
+    return dims

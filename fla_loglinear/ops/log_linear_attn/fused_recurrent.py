@@ -12,8 +12,8 @@ import triton.language as tl
 
 from fla.ops.utils.op import exp
 
-from fla_loglinear.ops.checks import check_inplace_state, check_state, finish_inplace
-from fla_loglinear.ops.log_linear_attn.args import check_log_linear_attn_args
+from fla_loglinear.ops.checks import finish_inplace
+from fla_loglinear.ops.log_linear_attn.args import check_log_linear_attn_decode_args
 from fla_loglinear.ops.log_linear_attn.naive import naive_recurrent_log_linear_attn
 from fla_loglinear.ops.triton_levels import bit_length, slot_occupied
 from fla_loglinear.ops.triton_env import use_triton
@@ -172,19 +172,8 @@ def fused_recurrent_log_linear_attn(
         from fla_loglinear.ops.library import compiled_fused_recurrent_log_linear_attn
         return compiled_fused_recurrent_log_linear_attn(q, k, v, g, level_scales, initial_state, output_final_state,
                                                         cu_seqlens, scale, inplace_final_state, _use_triton)
-    # The state is checked without reading its positions back (no host synchronisation).
-    B, T, G, H, K, V, L, N = check_log_linear_attn_args(q, k, v, g, level_scales, None, cu_seqlens)
-    check_state("initial_state", initial_state, N, H, L, K, V, q.device)
-    if inplace_final_state:
-        check_inplace_state(initial_state)
-    if torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad
-        for x in (q, k, v, g, level_scales, None if initial_state is None else initial_state.states)
-    ):
-        raise RuntimeError(
-            "fused_recurrent_log_linear_attn is forward-only (decoding) and got inputs that require grad; "
-            "use chunk_log_linear_attn for training or call it under torch.no_grad()"
-        )
+    _, T, _, _, K, _, _, N = check_log_linear_attn_decode_args(
+        q, k, v, g, level_scales, initial_state, cu_seqlens, inplace_final_state)
     scale = K ** -0.5 if scale is None else float(scale)
     # a decoding step is mostly launch overhead: equal lengths need no length tensors
     lengths = T if cu_seqlens is None else cu_seqlens.diff().to(torch.int64)

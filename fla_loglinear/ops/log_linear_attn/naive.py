@@ -13,6 +13,21 @@ Outputs are ``o = scale * sum_{s <= t} lambda_t[min(level(t, s), L - 1)] exp(G_t
 with ``G`` the running sum of the log gates ``g`` and value head ``h`` reading q/k head
 ``h // (H // G)``.  Final states are float32, float64 when the inputs are float64 (so that the
 float64 references can be chained without losing precision).
+
+The arguments the three forms share mean the same in each:
+
+* ``q``, ``k``: ``[B, T, G, K]`` queries and keys.
+* ``v``: ``[B, T, H, V]`` values, ``H % G == 0``.
+* ``g``: ``[B, T, H]`` per-token log gates.
+* ``level_scales``: ``[B, T, H, L]`` lambdas, indexed by the query position.
+* ``initial_state``: :class:`FenwickState` with ``states [N, H, L, K, V]``, ``positions [N]``;
+  sequence ``n`` continues from position ``positions[n]``.  ``None``: empty at 0.
+* ``output_final_state``: also return the state after the last token.
+* ``cu_seqlens``: ``[N + 1]`` packed sequence offsets (``B == 1``).
+* ``scale``: score scale; ``None`` means ``K ** -0.5``.
+
+and the recurrent and chunked forms return ``(o, final_state)``: ``o`` ``[B, T, H, V]`` in
+``v.dtype``; ``final_state`` a :class:`FenwickState` ``[N, H, L, K, V]`` or ``None``.
 """
 from __future__ import annotations
 
@@ -77,17 +92,8 @@ def naive_quadratic_log_linear_attn(
 ) -> tuple[torch.Tensor, None]:
     """Scalar-gated log-linear attention with the materialised hierarchical mask, in float64.
 
-    Args:
-        q: ``[B, T, G, K]`` queries.
-        k: ``[B, T, G, K]`` keys.
-        v: ``[B, T, H, V]`` values, ``H % G == 0``.
-        g: ``[B, T, H]`` per-token log gates.
-        level_scales: ``[B, T, H, L]`` lambdas, indexed by the query position.
-        scale: score scale; ``None`` means ``K ** -0.5``.
-        cu_seqlens: ``[N + 1]`` packed sequence offsets (``B == 1``); every sequence starts at position 0.
-
-    Returns:
-        ``(o, None)`` with ``o`` ``[B, T, H, V]`` in ``v.dtype``.
+    Arguments as in the module docstring; every sequence starts at position 0 (there is no
+    state).  Returns ``(o, None)`` with ``o`` ``[B, T, H, V]`` in ``v.dtype``.
     """
     B, T, G, H, K, V, L, N = check_log_linear_attn_args(q, k, v, g, level_scales, None, cu_seqlens)
     scale = K ** -0.5 if scale is None else scale
@@ -134,21 +140,7 @@ def naive_recurrent_log_linear_attn(
     state moves to ``p + 1``: slots ``<= m`` merge into slot ``min(m, L - 1)`` with
     ``m = advance_level(p, p + 1)``.  Vectorised over sequences and heads; loops over tokens.
 
-    Args:
-        q: ``[B, T, G, K]`` queries.
-        k: ``[B, T, G, K]`` keys.
-        v: ``[B, T, H, V]`` values, ``H % G == 0``.
-        g: ``[B, T, H]`` per-token log gates.
-        level_scales: ``[B, T, H, L]`` lambdas, indexed by the query position.
-        initial_state: :class:`FenwickState` with ``states [N, H, L, K, V]``, ``positions [N]``;
-            sequence ``n`` continues from position ``positions[n]``.  ``None``: empty at 0.
-        output_final_state: also return the state after the last token.
-        cu_seqlens: ``[N + 1]`` packed sequence offsets (``B == 1``).
-        scale: score scale; ``None`` means ``K ** -0.5``.
-
-    Returns:
-        ``(o, final_state)``: ``o`` ``[B, T, H, V]`` in ``v.dtype``; ``final_state`` a
-        :class:`FenwickState` ``[N, H, L, K, V]`` (float32, float64 for float64 inputs) or ``None``.
+    Arguments and result as in the module docstring.
     """
     B, T, G, H, K, V, L, N = check_log_linear_attn_args(q, k, v, g, level_scales, initial_state, cu_seqlens)
     scale = K ** -0.5 if scale is None else scale
@@ -207,22 +199,7 @@ def naive_chunk_log_linear_attn(
     Vectorised over sequences, heads and chunks except that one carry; accumulates in float32
     (float64 for float64 inputs).
 
-    Args:
-        q: ``[B, T, G, K]`` queries.
-        k: ``[B, T, G, K]`` keys.
-        v: ``[B, T, H, V]`` values, ``H % G == 0``.
-        g: ``[B, T, H]`` per-token log gates.
-        level_scales: ``[B, T, H, L]`` lambdas, indexed by the query position.
-        initial_state: :class:`FenwickState` with ``states [N, H, L, K, V]``, ``positions [N]``;
-            sequence ``n`` continues from position ``positions[n]``.  ``None``: empty at 0.
-        output_final_state: also return the state after the last token.
-        cu_seqlens: ``[N + 1]`` packed sequence offsets (``B == 1``).
-        scale: score scale; ``None`` means ``K ** -0.5``.
-        chunk_size: a power of two.
-
-    Returns:
-        ``(o, final_state)``: ``o`` ``[B, T, H, V]`` in ``v.dtype``; ``final_state`` a
-        :class:`FenwickState` ``[N, H, L, K, V]`` (float32, float64 for float64 inputs) or ``None``.
+    Arguments and result as in the module docstring, plus ``chunk_size``, a power of two.
     """
     B, T, G, H, K, V, L, N = check_log_linear_attn_args(q, k, v, g, level_scales, initial_state, cu_seqlens)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):

@@ -251,6 +251,30 @@ def fused_recurrent_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scal
     return o, FenwickState(kv, positions + lengths)
 
 
+def check_decode_args(q, k, v, g, beta, level_scales, initial_state, use_qk_l2norm_in_kernel, cu_seqlens,
+                      inplace_final_state, kwargs):
+    """The checks of a decoding call, eager or as ``torch.compile`` traces it, before any work.
+
+    Returns ``(opts, state, (B, T, H, HV, K, V, L, N))`` with ``state`` the initial state in the
+    kernels' ``[K, V]`` slot layout (see ``state_in``).
+    """
+    op = "fused_recurrent_log_linear_gated_delta_rule"
+    opts = parse_options(op, use_qk_l2norm_in_kernel, kwargs)
+    # same rule on every device: no path of this op has a backward
+    tensors = [q, k, v, g, beta, level_scales, opts.A_log, opts.dt_bias]
+    if isinstance(initial_state, FenwickState):
+        tensors.append(initial_state.states)
+    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors):
+        raise RuntimeError(f"{op} is forward-only (decoding); use chunk_log_linear_gated_delta_rule for training")
+    state = state_in(initial_state, opts.state_v_first)
+    dims = check_log_linear_gated_delta_rule_args(
+        q, k, v, g, beta, level_scales, initial_state=state, cu_seqlens=cu_seqlens, pending=True
+    )
+    if inplace_final_state:
+        check_inplace_state(initial_state)
+    return opts, state, dims
+
+
 def fused_recurrent_log_linear_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -291,20 +315,8 @@ def fused_recurrent_log_linear_gated_delta_rule(
         return compiled_fused_recurrent_log_linear_gated_delta_rule(
             q, k, v, g, beta, level_scales, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
             cu_seqlens, inplace_final_state, kwargs)
-    op = "fused_recurrent_log_linear_gated_delta_rule"
-    opts = parse_options(op, use_qk_l2norm_in_kernel, kwargs)
-    # same rule on every device and before any work: no path of this op has a backward
-    tensors = [q, k, v, g, beta, level_scales, opts.A_log, opts.dt_bias]
-    if isinstance(initial_state, FenwickState):
-        tensors.append(initial_state.states)
-    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors):
-        raise RuntimeError(f"{op} is forward-only (decoding); use chunk_log_linear_gated_delta_rule for training")
-    state = state_in(initial_state, opts.state_v_first)
-    B, T, H, HV, K, V, L, N = check_log_linear_gated_delta_rule_args(
-        q, k, v, g, beta, level_scales, initial_state=state, cu_seqlens=cu_seqlens, pending=True
-    )
-    if inplace_final_state:
-        check_inplace_state(initial_state)
+    opts, state, (B, T, H, HV, K, V, L, N) = check_decode_args(
+        q, k, v, g, beta, level_scales, initial_state, use_qk_l2norm_in_kernel, cu_seqlens, inplace_final_state, kwargs)
     if scale is None:
         scale = K ** -0.5
     triton_path = use_kernels(q, opts.force_triton, K, L)
