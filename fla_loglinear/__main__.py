@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in parallel worker processes on one device. Writes a JSON of every run (after each), a markdown table "
         "and a PNG beside it. Presets: full (the GPU sweep), smoke (a GPU check of about a minute), cpu-tiny (tests).",
     )
-    mqar.add_argument("--preset", choices=["full", "smoke", "cpu-tiny"], default="full", help="(default: full)")
+    mqar.add_argument("--preset", choices=["full", "cpu", "smoke", "cpu-tiny"], default="full", help="(default: full)")
     mqar.add_argument("--output", metavar="FILE.json", default="mqar_sweep.json",
                       help="results JSON; the .md table and .png figure go beside it (default: mqar_sweep.json)")
     mqar.add_argument("--device", type=_device, default=None, help="cpu or cuda (default: cuda when available)")

@@ -110,6 +110,11 @@ class SweepGrid:
 # sharing one GPU) is ~12 min of training.
 PRESETS = {
     "full": SweepGrid(),
+    # the demo's task on a 2-core CPU (~25 min with 2 workers): models learn it in 450 steps, so the
+    # widths, seeds and lambda forms can be compared where the GPU budget could not train them
+    "cpu": SweepGrid(widths=(16, 32, 64), kv_pairs=(4,), lrs=(2e-3, 5e-3, 1e-2), seeds=(0, 1),
+                     seed_widths=(16, 32, 64), form_widths=(16,), form_variants=("lowrank", "paper-random"),
+                     steps=450, batch_size=16, seq_len=32, vocab_size=64, num_test=256),
     "smoke": SweepGrid(widths=(32, 64), lrs=(2e-3,), seeds=(0,), seed_widths=(), form_widths=(32,),
                        form_variants=("paper",), steps=60, batch_size=64, num_test=256),
     "cpu-tiny": SweepGrid(widths=(16,), kv_pairs=(4,), lrs=(5e-3,), seeds=(0, 1), seed_widths=(16,),

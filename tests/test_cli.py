@@ -49,6 +49,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["mqar", "--vocab-size", "16", "--list"], "keys of vocabulary"),
         (["mqar", "--merge", "/nonexistent.json"], "--merge"),
         (["mqar", "--resume", "/nonexistent.json"], "--resume"),
+        (["mqar", "--forms", "lowrank,bogus", "--list"], "--forms"),
     ],
 )
 def test_bad_flags_exit_2_with_message(argv, message, capsys):
@@ -57,6 +58,20 @@ def test_bad_flags_exit_2_with_message(argv, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "usage:" in err
+
+
+def test_every_sweep_preset_is_a_cli_choice(capsys):
+    import fla_loglinear.mqar_sweep as sweep
+
+    for name in sweep.PRESETS:
+        assert main(["mqar", "--preset", name, "--list"]) == 0
+        assert capsys.readouterr().out.strip().endswith("overlapping fully")
+
+
+def test_forms_flag_selects_the_form_comparison(capsys):
+    assert main(["mqar", "--preset", "cpu-tiny", "--forms", "lowrank,lowrank-random", "--list"]) == 0
+    keys = capsys.readouterr().out.split()
+    assert any("/lowrank-random/" in k for k in keys) and not any("/paper-random/" in k for k in keys)
 
 
 def test_bad_flag_through_the_entry_point():
