@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train Gated DeltaNet and Mamba-2, log-linear and linear parent, on multi-query associative "
         "recall over a grid of widths, learning rates and seeds (plus the lambda forms at the smallest widths), "
         "in parallel worker processes on one device. Writes a JSON of every run (after each), a markdown table "
-        "and a PNG beside it. Presets: full (the GPU sweep), smoke (a GPU check of about a minute), cpu-tiny (tests).",
+        "and a PNG beside it. Presets: full (the GPU sweep), cpu (the demo's task on a CPU), smoke (a GPU check of about a minute), cpu-tiny (tests).",
     )
     mqar.add_argument("--preset", choices=["full", "cpu", "smoke", "cpu-tiny"], default="full", help="(default: full)")
     mqar.add_argument("--output", metavar="FILE.json", default="mqar_sweep.json",
@@ -145,12 +145,16 @@ def _list(parser, flag: str, text: str | None, kind):
     return values
 
 
+def _names(parser: argparse.ArgumentParser, flag: str, text: str, allowed, what: str) -> tuple[str, ...]:
+    names = tuple(a.strip() for a in text.split(",") if a.strip())
+    bad = sorted(set(names) - set(allowed))
+    if bad or not names:
+        parser.error(f"{flag}: unknown {what} {bad or names}; choose from {', '.join(allowed)}")
+    return names
+
+
 def _archs(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]:
-    archs = tuple(a.strip() for a in text.split(",") if a.strip())
-    bad = sorted(set(archs) - {"gdn", "mamba2"})
-    if bad or not archs:
-        parser.error(f"--archs: unknown model(s) {bad or archs}; choose from gdn, mamba2")
-    return archs
+    return _names(parser, "--archs", text, ("gdn", "mamba2"), "model(s)")
 
 
 def _mqar(parser: argparse.ArgumentParser, args) -> int:
@@ -172,12 +176,7 @@ def _mqar(parser: argparse.ArgumentParser, args) -> int:
             parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
         if not seeds or min(seeds) < 0:
             parser.error(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
-    forms = None
-    if args.forms is not None:
-        forms = tuple(x.strip() for x in args.forms.split(",") if x.strip())
-        unknown = [f for f in forms if f not in sweep.FORM_VARIANTS]
-        if not forms or unknown:
-            parser.error(f"--forms: expected comma-separated names of {', '.join(sweep.FORM_VARIANTS)}, got {args.forms!r}")
+    forms = None if args.forms is None else _names(parser, "--forms", args.forms, sweep.FORM_VARIANTS, "variant(s)")
     grid = sweep.grid_with(
         sweep.PRESETS[args.preset], archs=archs, seeds=seeds, steps=args.steps, batch_size=args.batch_size,
         seq_len=args.seq_len, vocab_size=args.vocab_size,
