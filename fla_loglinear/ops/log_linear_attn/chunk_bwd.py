@@ -14,8 +14,12 @@ from fla.ops.utils.op import exp
 
 from fla_loglinear.ops.log_linear_attn.chunk_fwd import (
     chunk_path_length,
+    chunk_row_ptrs,
+    chunk_tokens,
+    intra_chunk_pairs,
     intra_level_weights,
     load_chunk_meta,
+    load_query_chunk,
     load_seq_meta,
 )
 from fla_loglinear.ops.triton_levels import bit_length, trailing_zeros
@@ -55,8 +59,7 @@ def chunk_log_linear_attn_bwd_dnodes_kernel(
         gb_x = tl.load(Gb + (c0 + e) * H + i_h)
         jq_end = tl.minimum(e + lb, (r + T_n + BT - 1) // BT)
         for jq in range(e, jq_end):
-            tok = jq * BT - r + o_i
-            m_t = (tok >= 0) & (tok < T_n)
+            _tok, m_t = chunk_tokens(jq * BT - r, T_n, BT)
             row0 = bos + jq * BT - r  # a scalar 64-bit base; 32-bit offsets inside the tiles
             b_q = tl.load(q + (row0 * (G * K) + i_g * K) + (o_i[:, None] * (G * K) + o_k[None, :]),
                           mask=m_t[:, None] & m_k[None, :], other=0)
@@ -86,21 +89,15 @@ def chunk_log_linear_attn_bwd_dv_kernel(
 ):
     i_c, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_g = i_h // (H // G)
-    i_n, i_j, bos, T_n, c0, p0 = load_chunk_meta(i_c, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0)
-    r, A0 = p0 % BT, p0 // BT
-    A = A0 + i_j
-    start = i_j * BT - r
+    i_n, i_j, bos, T_n, c0, p0, A0, A, start = load_query_chunk(
+        i_c, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0, BT)
     if start >= T_n:
         return
     o_i = tl.arange(0, BT)
-    tok = start + o_i
-    m_t = (tok >= 0) & (tok < T_n)
+    _tok, m_t = chunk_tokens(start, T_n, BT)
     # 64-bit offsets once per program (scalar bases), 32-bit offsets inside the tiles
     row0 = bos + start
-    q += row0 * (G * K) + i_g * K
-    k += row0 * (G * K) + i_g * K
-    do += row0 * (H * V) + i_h * V
-    dv += row0 * (H * V) + i_h * V
+    q, k, do, dv = chunk_row_ptrs(q, k, do, dv, row0, i_g, i_h, G, H, K, V)
     g += row0 * H + i_h
     lam += row0 * (H * L) + i_h * L
     o_v = i_v * BV + tl.arange(0, BV)
@@ -143,10 +140,8 @@ def chunk_log_linear_attn_bwd_dv_kernel(
             b_dht = tl.load(p_dht, mask=m_k[:, None] & m_v[None, :], other=0).to(b_k.dtype)
             b_dv += tl.dot(b_kd, b_dht, input_precision=DOT_PREC)
 
-    lv = bit_length(o_i[:, None] ^ o_i[None, :], LOG2_BT + 1)
-    causal = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    lv, causal, b_D = intra_chunk_pairs(b_G, m_t, BT, LOG2_BT)
     b_W = intra_level_weights(lam + o_i * (H * L), lv, causal, m_t, L, LOG2_BT)
-    b_D = exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
     b_do = tl.load(do + o_i[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
     b_dv += tl.dot(tl.trans((b_A * b_W * b_D * scale).to(b_do.dtype)), b_do, input_precision=DOT_PREC)
     tl.store(dv + o_i[:, None] * (H * V) + o_v[None, :], b_dv.to(dv.dtype.element_ty),
@@ -165,22 +160,16 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
     # partial sums over this K block (summed over the NK blocks outside).
     i_c, i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_g = i_h // (H // G)
-    i_n, i_j, bos, T_n, c0, p0 = load_chunk_meta(i_c, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0)
-    r, A0 = p0 % BT, p0 // BT
-    A = A0 + i_j
-    start = i_j * BT - r
+    i_n, i_j, bos, T_n, c0, p0, A0, A, start = load_query_chunk(
+        i_c, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0, BT)
     if start >= T_n:
         return
     o_i = tl.arange(0, BT)
     o_l = tl.arange(0, LP)
-    tok = start + o_i
-    m_t = (tok >= 0) & (tok < T_n)
+    _tok, m_t = chunk_tokens(start, T_n, BT)
     # 64-bit offsets once per program (scalar bases), 32-bit offsets inside the tiles
     row0 = bos + start
-    q += row0 * (G * K) + i_g * K
-    k += row0 * (G * K) + i_g * K
-    v += row0 * (H * V) + i_h * V
-    do += row0 * (H * V) + i_h * V
+    q, k, v, do = chunk_row_ptrs(q, k, v, do, row0, i_g, i_h, G, H, K, V)
     g += row0 * H + i_h
     lam += row0 * (H * L) + i_h * L
     dq += (row0 * H + i_h) * K
@@ -250,10 +239,8 @@ def chunk_log_linear_attn_bwd_dqk_kernel(
                     b_dvh = tl.dot(b_v, tl.trans(tl.load(p_dht, mask=m_kv, other=0).to(b_v.dtype)), input_precision=DOT_PREC)
                     b_dk += b_dvh * tl.where(m_t & (slot == l), dec_e, 0)[:, None]
 
-    lv = bit_length(o_i[:, None] ^ o_i[None, :], LOG2_BT + 1)
-    causal = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
-    b_D = scale * exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
-    b_dA = b_dA * b_D
+    lv, causal, b_D = intra_chunk_pairs(b_G, m_t, BT, LOG2_BT)
+    b_dA = b_dA * (scale * b_D)
     b_R = b_dA * tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
     b_W = intra_level_weights(p_lam, lv, causal, m_t, L, LOG2_BT)
     for lvl in tl.static_range(LOG2_BT + 1):
@@ -295,8 +282,7 @@ def chunk_log_linear_attn_bwd_dstate_kernel(
     gb0 = tl.load(Gb + c0 * H + i_h)
     b_dS = tl.zeros([BK, BV], dtype=tl.float32)
     for j in range(0, (r + T_n + BT - 1) // BT):
-        tok = j * BT - r + o_i
-        m_t = (tok >= 0) & (tok < T_n)
+        tok, m_t = chunk_tokens(j * BT - r, T_n, BT)
         rows = bos + tok
         b_q = tl.load(q + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
         b_do = tl.load(do + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)

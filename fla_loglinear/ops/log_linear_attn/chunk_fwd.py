@@ -44,6 +44,32 @@ def load_seq_meta(i_n, seq_bos, seq_len, chunk_offsets, pos0):
 
 
 @triton.jit
+def load_query_chunk(i_c, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0, BT: tl.constexpr):
+    """``load_chunk_meta`` plus where query chunk ``i_c`` lies: ``A0``, its absolute chunk ``A`` and
+    its first in-call token ``start`` (negative for a partial first chunk, ``>= T_n`` past the end)."""
+    i_n, i_j, bos, T_n, c0, p0 = load_chunk_meta(i_c, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0)
+    A0 = p0 // BT
+    return i_n, i_j, bos, T_n, c0, p0, A0, A0 + i_j, i_j * BT - p0 % BT
+
+
+@triton.jit
+def chunk_tokens(start, T_n, BT: tl.constexpr):
+    """The in-call tokens ``start + [0, BT)`` of a chunk and which of them are in the sequence."""
+    tok = start + tl.arange(0, BT)
+    return tok, (tok >= 0) & (tok < T_n)
+
+
+@triton.jit
+def chunk_row_ptrs(qk0, qk1, hv0, hv1, row0, i_g, i_h, G: tl.constexpr, H: tl.constexpr,
+                   K: tl.constexpr, V: tl.constexpr):
+    """Two ``[.., G, K]`` and two ``[.., H, V]`` token-row tensors moved to row ``row0`` of their head
+    (a scalar 64-bit offset each: the tiles then add 32-bit offsets)."""
+    o_qk = row0 * (G * K) + i_g * K
+    o_hv = row0 * (H * V) + i_h * V
+    return qk0 + o_qk, qk1 + o_qk, hv0 + o_hv, hv1 + o_hv
+
+
+@triton.jit
 def chunk_path_length(A, A0):
     """How many nodes query chunk ``A`` reads: ``A, A - lowbit(A), ...`` while above ``A0``.
 
@@ -55,6 +81,16 @@ def chunk_path_length(A, A0):
         n += 1
         x = x & (x - 1)
     return n
+
+
+@triton.jit
+def intra_chunk_pairs(b_G, m_t, BT: tl.constexpr, LOG2_BT: tl.constexpr):
+    """For the chunk's (query, key) pairs ``[BT, BT]``: the in-chunk levels ``lv`` (the chunk is
+    aligned, so those of the local indices), the ``causal`` mask and the decay ``exp(G_i - G_j)``."""
+    o_i = tl.arange(0, BT)
+    lv = bit_length(o_i[:, None] ^ o_i[None, :], LOG2_BT + 1)
+    causal = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    return lv, causal, exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
 
 
 @triton.jit
@@ -74,8 +110,7 @@ def intra_level_weights(p_lam, lv, causal, m_t, L: tl.constexpr, LOG2_BT: tl.con
 def chunk_gate_sum_kernel(g, gsum, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0, H: tl.constexpr, BT: tl.constexpr):
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_n, i_j, bos, T_n, c0, p0 = load_chunk_meta(i_c, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0)
-    tok = i_j * BT - p0 % BT + tl.arange(0, BT)
-    m_t = (tok >= 0) & (tok < T_n)
+    tok, m_t = chunk_tokens(i_j * BT - p0 % BT, T_n, BT)
     b_g = tl.load(g + (bos + tok) * H + i_h, mask=m_t, other=0).to(tl.float32)
     tl.store(gsum + i_c * H + i_h, tl.sum(b_g, axis=0))
 
@@ -89,21 +124,15 @@ def chunk_log_linear_attn_fwd_o_kernel(
 ):
     i_c, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_g = i_h // (H // G)
-    i_n, i_j, bos, T_n, c0, p0 = load_chunk_meta(i_c, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0)
-    r, A0 = p0 % BT, p0 // BT
-    A = A0 + i_j
-    start = i_j * BT - r
+    i_n, i_j, bos, T_n, c0, p0, A0, A, start = load_query_chunk(
+        i_c, chunk_indices, seq_bos, seq_len, chunk_offsets, pos0, BT)
     if start >= T_n:
         return
     o_i = tl.arange(0, BT)
-    tok = start + o_i
-    m_t = (tok >= 0) & (tok < T_n)
+    _tok, m_t = chunk_tokens(start, T_n, BT)
     # 64-bit offsets once per program (scalar bases), 32-bit offsets inside the tiles
     row0 = bos + start
-    q += row0 * (G * K) + i_g * K
-    k += row0 * (G * K) + i_g * K
-    v += row0 * (H * V) + i_h * V
-    o += row0 * (H * V) + i_h * V
+    q, k, v, o = chunk_row_ptrs(q, k, v, o, row0, i_g, i_h, G, H, K, V)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     p_lam = lam + row0 * (H * L) + i_h * L + o_i * (H * L)
@@ -147,11 +176,8 @@ def chunk_log_linear_attn_fwd_o_kernel(
                 b_S = tl.load(h0 + ((i_n * H + i_h) * L + l) * (K * V) + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
                 b_o += tl.dot((b_q * b_w[:, None]).to(b_q.dtype), b_S.to(b_q.dtype), input_precision=DOT_PREC)
 
-    # Keys of this chunk: the chunk is aligned, so levels are those of the local indices.
-    lv = bit_length(o_i[:, None] ^ o_i[None, :], LOG2_BT + 1)
-    causal = (o_i[:, None] >= o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    lv, causal, b_D = intra_chunk_pairs(b_G, m_t, BT, LOG2_BT)
     b_W = intra_level_weights(p_lam, lv, causal, m_t, L, LOG2_BT)
-    b_D = exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
     o_tv = o_i[:, None] * (H * V) + o_v[None, :]
     b_v = tl.load(v + o_tv, mask=m_t[:, None] & m_v[None, :], other=0)
     b_o += tl.dot((b_A * b_W * b_D).to(b_v.dtype), b_v, input_precision=DOT_PREC)
@@ -183,8 +209,7 @@ def chunk_log_linear_attn_fwd_final_state_kernel(
     m_k, m_v = o_k < K, o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
 
-    tok = e_end * BT - r + o_i
-    m_t = (tok >= 0) & (tok < T_n)
+    tok, m_t = chunk_tokens(e_end * BT - r, T_n, BT)
     rows = bos + tok
     b_k = tl.load(k + rows[:, None] * (G * K) + i_g * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
     b_v = tl.load(v + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)

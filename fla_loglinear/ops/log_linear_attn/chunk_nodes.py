@@ -18,7 +18,7 @@ import triton.language as tl
 
 from fla.ops.utils.op import exp
 
-from fla_loglinear.ops.log_linear_attn.chunk_fwd import load_seq_meta
+from fla_loglinear.ops.log_linear_attn.chunk_fwd import chunk_tokens, load_seq_meta
 from fla_loglinear.ops.triton_env import dot_precision
 
 # Chunks per segment of the node scans: 16 chunks of 64 tokens keep the sequential part short
@@ -88,8 +88,7 @@ def chunk_fenwick_nodes_fwd_kernel(
     o_i = tl.arange(0, BT)
     m_k, m_v = o_k < K, o_v < V
     for e in range(e_lo, e_hi + 1):
-        tok = (e - 1) * BT - r + o_i
-        m_t = (tok >= 0) & (tok < T_n)
+        _tok, m_t = chunk_tokens((e - 1) * BT - r, T_n, BT)
         row0 = bos + (e - 1) * BT - r  # a scalar 64-bit base; 32-bit offsets inside the tiles
         b_k = tl.load(k + (row0 * (G * K) + i_g * K) + (o_i[:, None] * (G * K) + o_k[None, :]),
                       mask=m_t[:, None] & m_k[None, :], other=0)
