@@ -14,7 +14,12 @@ import torch
 import triton
 import triton.language as tl
 
-from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter_fwd import _n_late, chunk_inter_replay
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter_fwd import (
+    _n_late,
+    _seq_chunks,
+    _slot_tile,
+    chunk_inter_replay,
+)
 from fla_loglinear.ops.log_linear_gated_delta_rule.plan import (
     GDNLaunchPlan,
     grads_launches,
@@ -40,17 +45,9 @@ def chunk_inter_bwd_kernel(
     # PART 1 walks the later half of each sequence's chunks (the first it reaches), PART 2 the rest,
     # PART 0 all; dh carries the slot gradients from one launch to the next.
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // HV, i_nh % HV
-    c_lo = tl.load(chunk_offsets + i_n)
-    c_hi = tl.load(chunk_offsets + i_n + 1)
+    _, i_h, c_lo, c_hi = _seq_chunks(i_nh, chunk_offsets, HV)
 
-    o_c = tl.arange(0, C)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_ck = m_k[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
+    o_c, o_k, o_v, m_k, m_v, m_ck, m_kv = _slot_tile(i_v, K, V, C, BK, BV)
     o_kv = o_k[:, None] * V + o_v[None, :]
     p_dh = dh + i_nh.to(tl.int64) * L * K * V + o_kv
 

@@ -33,6 +33,37 @@ def _n_late(n):
     return (n + 1) // 2
 
 
+@triton.jit
+def _seq_chunks(i_nh, chunk_offsets, HV: tl.constexpr):
+    """Program row ``i_nh``'s sequence ``i_n`` and value head ``i_h``, and the sequence's chunks ``[c_lo, c_hi)``."""
+    i_n, i_h = i_nh // HV, i_nh % HV
+    return i_n, i_h, tl.load(chunk_offsets + i_n), tl.load(chunk_offsets + i_n + 1)
+
+
+@triton.jit
+def _slot_tile(i_v, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Offsets and masks of a scan program's tiles: chunk rows ``o_c``, the whole (padded) K in one
+    block ``o_k``, value block ``i_v``'s columns ``o_v``; ``m_ck`` masks a ``[C, BK]`` tile, ``m_kv`` a slot's."""
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    return tl.arange(0, C), o_k, o_v, m_k, m_v, m_k[None, :], m_k[:, None] & m_v[None, :]
+
+
+@triton.jit
+def _store_merged(p_h, b_acc, b_s, l, mm, m_kv, K: tl.constexpr, V: tl.constexpr):
+    """Slot ``l``'s new state ``b_s`` when slots ``<= mm`` merge into slot ``mm`` (slots go in order):
+    below ``mm`` it joins the sum ``b_acc`` (returned), at ``mm`` the sum is stored, above it ``b_s``."""
+    if l < mm:
+        b_acc += b_s
+    elif l == mm:
+        tl.store(p_h + l * K * V, b_acc + b_s, mask=m_kv)
+    else:
+        tl.store(p_h + l * K * V, b_s, mask=m_kv)
+    return b_acc
+
+
 @triton.jit(do_not_specialize=["NC", "seg_lo", "seg_hi"])
 def chunk_inter_fwd_kernel(
     qe, w, kd, u, gam, om, oi, o, ht, hs, live_out, merge_out, late_out,
@@ -45,20 +76,12 @@ def chunk_inter_fwd_kernel(
     # the segment's slots to hs [N, seg_hi - seg_lo, HV, L, K, V]; the slots stay in ht and the live
     # mask in carry (one per program) from one segment's launch to the next.
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // HV, i_nh % HV
-    c_lo = tl.load(chunk_offsets + i_n)
-    c_hi = tl.load(chunk_offsets + i_n + 1)
+    i_n, i_h, c_lo, c_hi = _seq_chunks(i_nh, chunk_offsets, HV)
     p0 = tl.load(pos_start + i_n).to(tl.int64)
     p1 = tl.load(pos_end + i_n).to(tl.int64)
     base0 = (p0 // C) * C
 
-    o_c = tl.arange(0, C)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_ck = m_k[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
+    o_c, o_k, o_v, _, m_v, m_ck, m_kv = _slot_tile(i_v, K, V, C, BK, BV)
     p_h = ht + i_nh.to(tl.int64) * L * K * V + o_k[:, None] * V + o_v[None, :]
 
     n = c_hi - c_lo
@@ -126,12 +149,7 @@ def chunk_inter_fwd_kernel(
                     b_o += b_om[:, None] * tl.dot(b_qe, b_sd, input_precision=PREC)
                 b_ws = tl.dot(b_w, b_sd, input_precision=PREC).to(b_kd.dtype)
                 b_s = b_eg * b_s - tl.dot(tl.trans(b_kd), b_ws, input_precision=PREC)
-                if l < mm:
-                    b_acc += b_s
-                elif l == mm:
-                    tl.store(p_h + l * K * V, b_acc + b_s, mask=m_kv)
-                else:
-                    tl.store(p_h + l * K * V, b_s, mask=m_kv)
+                b_acc = _store_merged(p_h, b_acc, b_s, l, mm, m_kv, K, V)
         if not STORE:
             # the chunk-local part joins here, so the op's output is written once, in its dtype
             b_o += tl.load(oi + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(tl.float32)
@@ -160,9 +178,7 @@ def chunk_inter_out_kernel(
     # SEG and STORE): o = o_intra + sum over live slots of omega_l (Qeff S_l), one program per (chunk
     # of the segment, sequence x head), the V loop inside.  It runs beside the next segment's sweep.
     i_s, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // HV, i_nh % HV
-    c_lo = tl.load(chunk_offsets + i_n)
-    c_hi = tl.load(chunk_offsets + i_n + 1)
+    i_n, i_h, c_lo, c_hi = _seq_chunks(i_nh, chunk_offsets, HV)
     j = seg_lo + i_s
     if j < c_hi - c_lo:
         i_c = c_lo.to(tl.int64) + j

@@ -66,6 +66,32 @@ def _level_mask(lam_row_ptr, o_i, incl, L, NLI: tl.constexpr, C: tl.constexpr):
     return tl.where(incl, b_lm, 0.), lvl
 
 
+@triton.jit
+def _chunk_rows(HV: tl.constexpr, C: tl.constexpr):
+    """The rows of program (chunk ``i_c``, value head ``i_h``): ``rh`` in the per-token ``[NC * C, HV]``
+    inputs, ``orow`` in the ``[NC, HV, C, ...]`` outputs, and the tile bases ``tq`` (token rows,
+    row stride ``r_t``) and ``to`` (outputs)."""
+    i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    o_i = tl.arange(0, C)
+    rh = (i_c * C + o_i) * HV + i_h
+    orow = (i_c * HV + i_h) * C + o_i
+    # tiles address as int64 scalar base + int32 offsets (keeps [C, B] pointer math in 32 bits)
+    return i_c, i_h, o_i, rh, orow, i_c * C * HV + i_h, o_i * HV, (i_c * HV + i_h) * C
+
+
+@triton.jit
+def _chunk_qk(q, k, tq, r_t, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """``q k^T`` of the chunk's token rows, accumulated over blocks of K (no ``[C, K]`` tile is held)."""
+    b_qk = tl.zeros([C, C], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = (o_k < K)[None, :]
+        b_q = tl.load(q + tq * K + (r_t * K)[:, None] + o_k[None, :], mask=m_k, other=0.)
+        b_k = tl.load(k + tq * K + (r_t * K)[:, None] + o_k[None, :], mask=m_k, other=0.)
+        b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+    return b_qk
+
+
 # L is a runtime value: one compile serves every sequence length (num_levels(T) changes with T)
 @triton.jit(do_not_specialize=["NC", "L"])
 def chunk_local_fused_fwd_kernel(
@@ -75,15 +101,7 @@ def chunk_local_fused_fwd_kernel(
     L, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, NLI: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
-    i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    o_i = tl.arange(0, C)
-    rows = i_c * C + o_i  # padded token rows of this chunk
-    rh = rows * HV + i_h
-    orow = (i_c * HV + i_h) * C + o_i  # rows of the [NC, HV, C, ...] outputs
-    # tiles address as int64 scalar base + int32 offsets (keeps [C, B] pointer math in 32 bits)
-    tq = i_c * C * HV + i_h
-    r_t = o_i * HV
-    to = (i_c * HV + i_h) * C
+    i_c, i_h, o_i, rh, orow, tq, r_t, to = _chunk_rows(HV, C)
     incl = o_i[:, None] >= o_i[None, :]
 
     b_g = tl.load(g2 + rh).to(tl.float32)
@@ -94,13 +112,7 @@ def chunk_local_fused_fwd_kernel(
     # masked before exp2: above the diagonal G_i - G_j > 0 can overflow
     b_dec = tl.exp2(tl.where(incl, b_g[:, None] - b_g[None, :], float("-inf")))
 
-    b_qk = tl.zeros([C, C], dtype=tl.float32)
-    for i_k in range(tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = (o_k < K)[None, :]
-        b_q = tl.load(q + tq * K + (r_t * K)[:, None] + o_k[None, :], mask=m_k, other=0.)
-        b_k = tl.load(k + tq * K + (r_t * K)[:, None] + o_k[None, :], mask=m_k, other=0.)
-        b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+    b_qk = _chunk_qk(q, k, tq, r_t, K, C, BK, PREC)
     b_md = (b_qk * b_dec).to(b_A.dtype)
     # intra-chunk output (Lambda * scale M T diag(beta)) V
     b_x = tl.dot(b_md, b_A, input_precision=PREC)
@@ -153,15 +165,7 @@ def chunk_local_fused_bwd_kernel(
     L, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, NLI: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
-    i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    o_i = tl.arange(0, C)
-    rows = i_c * C + o_i
-    rh = rows * HV + i_h
-    orow = (i_c * HV + i_h) * C + o_i
-    # tiles address as int64 scalar base + int32 offsets (keeps [C, B] pointer math in 32 bits)
-    tq = i_c * C * HV + i_h
-    r_t = o_i * HV
-    to = (i_c * HV + i_h) * C
+    i_c, i_h, o_i, rh, orow, tq, r_t, to = _chunk_rows(HV, C)
     incl = o_i[:, None] >= o_i[None, :]
     strict = o_i[:, None] > o_i[None, :]
 
@@ -174,13 +178,7 @@ def chunk_local_fused_bwd_kernel(
 
     # Register pressure decides the order: no [C, C] matrix is kept that can be recomputed
     # cheaply (decay, level mask) or folded into a K-blocked product (k k^T, q k^T).
-    b_qk = tl.zeros([C, C], dtype=tl.float32)
-    for i_k in range(tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = (o_k < K)[None, :]
-        b_q = tl.load(q + tq * K + (r_t * K)[:, None] + o_k[None, :], mask=m_k, other=0.)
-        b_k = tl.load(k + tq * K + (r_t * K)[:, None] + o_k[None, :], mask=m_k, other=0.)
-        b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+    b_qk = _chunk_qk(q, k, tq, r_t, K, C, BK, PREC)
     b_md = (b_qk * tl.exp2(tl.where(incl, b_g[:, None] - b_g[None, :], float("-inf")))).to(b_A.dtype)
     b_lm, _ = _level_mask(lam + rh * L, o_i, incl, L, NLI, C)
     b_pd = (b_lm * (scale * tl.dot(b_md, b_A, input_precision=PREC) * b_b[None, :])).to(b_A.dtype)

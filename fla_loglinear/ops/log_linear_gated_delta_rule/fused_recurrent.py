@@ -11,6 +11,7 @@ from fla_loglinear.ops.checks import check_inplace_state, finish_inplace
 from fla_loglinear.ops.triton_levels import merge_slot, slot_occupied, slot_written_at
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import state_in, state_out, use_kernels
+from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter_fwd import _store_merged
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
 from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_recurrent_log_linear_gated_delta_rule
 from fla_loglinear.ops.log_linear_gated_delta_rule.pending import attach_pending, settle_pending
@@ -179,12 +180,7 @@ def fused_recurrent_pending_kernel(
                 b_s = _transition(b_s, b_k, b_eg, b_beta)
             if l == 0:
                 b_s += b_beta * b_k[:, None] * b_v[None, :]
-            if l < mm:
-                b_acc += b_s
-            elif l == mm:
-                tl.store(p_h + l * K * V, b_acc + b_s, mask=m_kv)
-            else:
-                tl.store(p_h + l * K * V, b_s, mask=m_kv)
+            b_acc = _store_merged(p_h, b_acc, b_s, l, mm, m_kv, K, V)
     tl.store(o + (i_t * HV + i_hv) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
     if not full:
         # every V block stores the same entry; none reads entry r in this launch
