@@ -7,19 +7,22 @@ do not come here: a decode step is mostly host time, and the dispatcher would ad
 
 A :class:`~fla_loglinear.FenwickState` cannot cross the dispatcher, so it crosses as its tensors
 (``states``, ``positions`` and the optional ``pending_*``) and is rebuilt on both sides.  Each op's
-implementation is the eager public function itself, on whatever device the tensors are (one
+implementation is the eager public function itself (the training op's: its forward launcher), on whatever device the tensors are (one
 implementation serves CPU and CUDA): it runs every argument check again, the value checks
 included, which the traced wrapper skips (they read tensors back to the host).
 
 Training ops have a backward op of their own.  The scalar-gated op's calls its backward launcher on
-the Triton path.  The Gated DeltaNet op's recomputes the forward under autograd and differentiates it
-(the option preprocessing, ``ChunkLogLinearGatedDeltaRuleFunction`` and the state handling), on every
-path: that Function's residuals are internal tensors whose shapes no fake could give, so compiled
-training pays one more forward of the op per step than eager.  The PyTorch paths (CPU) of both
-recompute too, as their eager backward does.
+the Triton path.  The Gated DeltaNet op has two routes.  Training inputs on the Triton path (``B``
+sequences of ``T`` tokens, no initial state, no ``cu_seqlens``) take a training op whose outputs
+include the forward's residuals, whose shapes then follow from the inputs' (``saved_like``): the
+backward reads them, as eager's does.  Any other call (a state or packed sequences, whose chunk layout
+depends on values the fake cannot read) takes an op whose backward recomputes the forward under
+autograd and differentiates it, so it pays one more forward of the op than eager.  The PyTorch paths
+(CPU) of both ops recompute too, as their eager backward does.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -31,14 +34,21 @@ from fla_loglinear.ops.log_linear_attn.fused_recurrent import fused_recurrent_lo
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import (
     chunk_log_linear_gated_delta_rule,
+    chunk_log_linear_gated_delta_rule_bwd,
+    chunk_log_linear_gated_delta_rule_fwd,
+    local_inputs,
+    plan_for_call,
+    saved_like,
     state_in,
+    state_out,
     use_kernels,
 )
 from fla_loglinear.ops.log_linear_gated_delta_rule.fused_recurrent import (
     check_decode_args,
     fused_recurrent_log_linear_gated_delta_rule,
 )
-from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options
+from fla_loglinear.ops.log_linear_gated_delta_rule.gate import GatedDeltaRuleOptions, parse_options, preprocess_inputs
+from fla_loglinear.ops.log_linear_gated_delta_rule.layout import make_layout
 from fla_loglinear.ops.log_linear_gated_delta_rule.pending import attach_pending
 from fla_loglinear.ops.triton_env import use_triton
 from fla_loglinear.state import FenwickState
@@ -102,10 +112,16 @@ def _final_real(final: FenwickState | None, like: Tensor) -> tuple[Tensor, Tenso
     return _dense(final.states), _dense(final.positions)
 
 
+@contextlib.contextmanager
+def _autograd_on():
+    """Autograd inside an op's implementation, which runs with autograd's dispatch key excluded."""
+    with torch.enable_grad(), torch._C._SetExcludeDispatchKeyGuard(torch._C.DispatchKey.AutogradFunctionality, False):
+        yield
+
+
 def _vjp(fn, inputs: list[Tensor | None], outputs_of, grads: list[Tensor | None]) -> list[Tensor | None]:
     """Gradients of ``outputs_of(fn(*inputs))`` for the floating inputs, by recomputing ``fn`` under autograd."""
-    # an op's implementation runs below autograd (its dispatch key excluded): put it back
-    with torch.enable_grad(), torch._C._SetExcludeDispatchKeyGuard(torch._C.DispatchKey.AutogradFunctionality, False):
+    with _autograd_on():
         leaves = [x.detach().requires_grad_() if x is not None and x.is_floating_point() else x for x in inputs]
         outs = outputs_of(fn(*leaves))
         pairs = [(o, g) for o, g in zip(outs, grads) if o is not None and g is not None and o.requires_grad]
@@ -350,6 +366,99 @@ def _chunk_gdn_backward(ctx, do, dht, _dpos):
 _chunk_gdn.register_autograd(_chunk_gdn_backward, setup_context=_chunk_gdn_setup)
 
 
+# ---------------------------------------------------------------------------------------------------
+# gated delta rule, chunked, for training on the Triton path: B sequences of T tokens from position 0
+# (no initial state, no cu_seqlens), where every residual's shape follows from the inputs' shapes, so
+# the forward hands its residuals to the backward (through the op's outputs) instead of the backward
+# recomputing the forward.  The option preprocessing (q / k normalisation, gate, beta sigmoid, the
+# q / k heads repeated onto the value heads) is redone in the backward, under autograd, to carry the
+# kernels' gradients back to the raw inputs; the residuals that are the preprocessed inputs themselves
+# (custom op outputs may not alias inputs) are rebuilt from them there too.
+
+
+def _preprocess(q, k, g, beta, A_log, dt_bias, HV: int, flags):
+    use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval, use_gate_in_kernel = flags
+    opts = GatedDeltaRuleOptions(use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
+                                 use_gate_in_kernel, A_log, dt_bias)
+    q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
+    if q.shape[2] != HV:
+        q, k = (x.repeat_interleave(HV // x.shape[2], dim=2) for x in (q, k))
+    return q, k, g, beta
+
+
+@torch.library.custom_op(f"{_NS}::chunk_log_linear_gated_delta_rule_train", mutates_args=())
+def _gdn_train(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, level_scales: Tensor, A_log: Optional[Tensor],
+    dt_bias: Optional[Tensor], scale: float, use_qk_l2norm_in_kernel: bool, use_beta_sigmoid_in_kernel: bool,
+    allow_neg_eigval: bool, use_gate_in_kernel: bool,
+) -> list[Tensor]:
+    flags = (use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval, use_gate_in_kernel)
+    with torch.no_grad():
+        qh, kh, gh, bh = _preprocess(q, k, g, beta, A_log, dt_bias, v.shape[2], flags)
+        o, ht, _, residuals = chunk_log_linear_gated_delta_rule_fwd(qh, kh, v, gh, bh, level_scales, scale, None,
+                                                                    None, None)
+    return [_dense(o), _dense(ht), *(_none(q) if x is None else _dense(x) for x in residuals[6:])]
+
+
+@_gdn_train.register_fake
+def _(q, k, v, g, beta, level_scales, A_log, dt_bias, scale, *flags):
+    B, T, HV, V = v.shape
+    K, L = q.shape[-1], level_scales.shape[-1]
+    # the kernels' plan, as the real call picks it (the fused local part or PyTorch: different residuals)
+    plan = plan_for_call(q, v, B * HV, None)
+    qh = q.new_empty(B, T, HV, K)
+    return [_like(v), q.new_empty(B, HV, L, K, V, dtype=torch.float32), *saved_like(qh, k, v, level_scales, plan)]
+
+
+@torch.library.custom_op(f"{_NS}::chunk_log_linear_gated_delta_rule_train_bwd", mutates_args=())
+def _gdn_train_bwd(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, level_scales: Tensor, A_log: Optional[Tensor],
+    dt_bias: Optional[Tensor], saved: list[Tensor], do: Optional[Tensor], dht: Optional[Tensor], scale: float,
+    use_qk_l2norm_in_kernel: bool, use_beta_sigmoid_in_kernel: bool, allow_neg_eigval: bool,
+    use_gate_in_kernel: bool,
+) -> list[Tensor]:
+    flags = (use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval, use_gate_in_kernel)
+    B, T = q.shape[:2]
+    raw = [q, k, g, beta, A_log, dt_bias]
+    # an op's implementation runs below autograd (its dispatch key excluded): the preprocessing's
+    # gradients, and the PyTorch local part's backward, need it back
+    with _autograd_on():
+        leaves = [None if x is None else x.detach().requires_grad_(x.is_floating_point()) for x in raw]
+        pre = _preprocess(*leaves, v.shape[2], flags)
+        qh, kh, gh, bh = (x.detach() for x in pre)
+        layout = make_layout(B, T, None, None, q.device)
+        fused = saved[0].numel() > 0  # the fused local part keeps its WY factors
+        local = local_inputs((qh, kh, v, gh, bh, level_scales), layout, fused)
+        residuals = (*local, *(_or_none(x) for x in saved))
+        dqh, dkh, dv, dgh, dbh, dlam, _ = chunk_log_linear_gated_delta_rule_bwd(do, dht, residuals, scale, None,
+                                                                               None, B, T)
+        diff = [x for x in leaves if x is not None and x.requires_grad]
+        got = iter(torch.autograd.grad(pre, diff, (dqh, dkh, dgh, dbh), allow_unused=True, materialize_grads=True))
+    dq, dk, dg, dbeta, dA, ddt = (next(got) if x is not None and x.requires_grad else None for x in leaves)
+    return [_none(q) if x is None else _dense(x) for x in (dq, dk, dv, dg, dbeta, dlam, dA, ddt)]
+
+
+@_gdn_train_bwd.register_fake
+def _(q, k, v, g, beta, level_scales, A_log, dt_bias, *rest):
+    return [q.new_empty(0) if x is None else _like(x) for x in (q, k, v, g, beta, level_scales, A_log, dt_bias)]
+
+
+def _gdn_train_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:8], *output[2:])
+    ctx.options = inputs[8:]
+
+
+def _gdn_train_backward(ctx, grads):
+    q, k, v, g, beta, level_scales, A_log, dt_bias, *saved = ctx.saved_tensors
+    do, dht = grads[:2]
+    grads = torch.ops.fla_loglinear.chunk_log_linear_gated_delta_rule_train_bwd(
+        q, k, v, g, beta, level_scales, A_log, dt_bias, saved, do, dht, *ctx.options)
+    return (*(_or_none(x) for x in grads), *(None,) * len(ctx.options))
+
+
+_gdn_train.register_autograd(_gdn_train_backward, setup_context=_gdn_train_setup)
+
+
 def compiled_chunk_log_linear_gated_delta_rule(q, k, v, g, beta, level_scales, scale, initial_state,
                                                output_final_state, use_qk_l2norm_in_kernel, cu_seqlens, kwargs):
     """:func:`~fla_loglinear.ops.chunk_log_linear_gated_delta_rule` as Dynamo traces it."""
@@ -361,8 +470,16 @@ def compiled_chunk_log_linear_gated_delta_rule(q, k, v, g, beta, level_scales, s
         q, k, v, g, beta, level_scales, initial_state=state_in(initial_state, opts.state_v_first),
         cu_seqlens=cu_seqlens, pending=True,
     )
-    use_kernels(q, opts.force_triton, K, L)
+    kernels = use_kernels(q, opts.force_triton, K, L)
     scale = K ** -0.5 if scale is None else float(scale)
+    if kernels and initial_state is None and cu_seqlens is None:
+        o, ht = _gdn_train(q, k, v, g, beta, level_scales, opts.A_log, opts.dt_bias, scale,
+                           opts.use_qk_l2norm_in_kernel, opts.use_beta_sigmoid_in_kernel, opts.allow_neg_eigval,
+                           opts.use_gate_in_kernel)[:2]
+        if not output_final_state:
+            return o, None
+        return o, state_out(FenwickState(ht, torch.full((B,), T, dtype=torch.int64, device=q.device)),
+                            opts.state_v_first)
     o, ht, pos = _chunk_gdn(
         q, k, v, g, beta, level_scales, opts.A_log, opts.dt_bias, *_flat(initial_state), cu_seqlens, scale,
         bool(output_final_state), opts.use_qk_l2norm_in_kernel, opts.use_beta_sigmoid_in_kernel, opts.allow_neg_eigval,

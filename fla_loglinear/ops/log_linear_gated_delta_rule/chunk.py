@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import triton
 
 from fla_loglinear.ops.log_linear_gated_delta_rule.args import check_log_linear_gated_delta_rule_args
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter_bwd import chunk_inter_bwd
@@ -11,7 +12,7 @@ from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_inter_fwd import chunk_
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local import chunk_local_fwd, end_chunk_keys, partial_end_keep
 from fla_loglinear.ops.log_linear_gated_delta_rule.chunk_local_fused import chunk_local_fused_bwd, chunk_local_fused_fwd
 from fla_loglinear.ops.log_linear_gated_delta_rule.gate import parse_options, preprocess_inputs
-from fla_loglinear.ops.log_linear_gated_delta_rule.layout import from_tokens, make_layout, pad_tokens
+from fla_loglinear.ops.log_linear_gated_delta_rule.layout import CHUNK_SIZE, from_tokens, make_layout, pad_tokens
 from fla_loglinear.ops.log_linear_gated_delta_rule.naive import naive_chunk_log_linear_gated_delta_rule
 from fla_loglinear.ops.log_linear_gated_delta_rule.pending import settle_pending
 from fla_loglinear.ops.log_linear_gated_delta_rule.plan import GDNLaunchPlan, fused_local_supported, plan_for
@@ -81,6 +82,12 @@ def _local_torch(q, k, v, g, beta, level_scales, scale, layout):
     return o_intra, qe, w, kd, u, gamma.float(), omega.float(), None if end_keys is None else end_keys.float()
 
 
+def local_inputs(inputs, layout, fused: bool) -> tuple:
+    """``(q, k, v, g, beta, level_scales)`` as the local part reads them and keeps them for its
+    backward: padded token rows for the fused kernels, the ``[B, T, ...]`` tensors for PyTorch."""
+    return tuple(pad_tokens(x, layout) for x in inputs) if fused else tuple(inputs)
+
+
 def local_part_fwd(q, k, v, g, beta, level_scales, scale: float, layout, fused: bool):
     """The chunk-local part, no autograd: ``(o_intra, qe, w, kd, u, gamma, omega, end_keys)`` in the dtypes
     the sweep reads (``end_keys`` fp32 or ``None``, see :func:`.chunk_local.chunk_local_fwd`) and the
@@ -88,8 +95,7 @@ def local_part_fwd(q, k, v, g, beta, level_scales, scale: float, layout, fused: 
     if not fused:
         outs = _local_torch(q, k, v, g, beta, level_scales, scale, layout)
         return outs, (q, k, v, g, beta, level_scales, None, None, None)
-    qp, kp, vp = (pad_tokens(x, layout) for x in (q, k, v))
-    gp, bp, lp = (pad_tokens(x, layout) for x in (g, beta, level_scales))
+    qp, kp, vp, gp, bp, lp = local_inputs((q, k, v, g, beta, level_scales), layout, fused)
     (o_intra, qe, w, kd, u, gam, om), wy = chunk_local_fused_fwd(qp, kp, vp, gp, bp, lp, scale, layout)
     end_keys, keep = end_chunk_keys(kp, vp, gp, bp, lp.shape[-1], layout, torch.float32)
     if keep is not None:
@@ -153,6 +159,28 @@ def chunk_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, level_scales, scale:
     if outs[7] is not None:
         ht = ht + outs[7]
     return o, ht, layout.pos_end.clone(), (*local, qe, w, kd, u, gam, om, h0, *chunk_meta)
+
+
+def saved_like(q, k, v, level_scales, plan: GDNLaunchPlan) -> list[torch.Tensor]:
+    """Empty tensors of the shapes, dtypes and (contiguous) layout of ``residuals[6:]`` of
+    :func:`chunk_log_linear_gated_delta_rule_fwd` for ``B`` sequences of ``T`` tokens from position 0
+    without ``h0``, an absent one as a 0-element tensor: what the compiled training op's fake returns
+    (:mod:`fla_loglinear.ops.library`; a test holds it to the real residuals).  The first six residuals,
+    :func:`local_inputs` of the inputs, are not among them: they can be rebuilt from the inputs."""
+    B, T, HV, K = q.shape
+    V, L, C = v.shape[-1], level_scales.shape[-1], CHUNK_SIZE
+    NC = B * triton.cdiv(T, C)
+    f32 = dict(dtype=torch.float32)
+    if plan.local == "triton":
+        mm = k.dtype
+        wy = [q.new_empty(NC * C, HV, **f32), k.new_empty(NC * C, HV, C), q.new_empty(NC, dtype=torch.int32)]
+    else:
+        mm = _mm_dtype(v.dtype)
+        wy = [q.new_empty(0) for _ in range(3)]
+    qe = q.new_empty(NC, HV, C, K, dtype=mm)
+    return [*wy, qe, torch.empty_like(qe), torch.empty_like(qe), q.new_empty(NC, HV, C, V, dtype=mm),
+            q.new_empty(NC, HV, **f32), q.new_empty(NC, HV, C, L, **f32), q.new_empty(0),
+            q.new_empty(NC, dtype=torch.int64), q.new_empty(NC, dtype=torch.int32), q.new_empty(NC, dtype=torch.int8)]
 
 
 def chunk_log_linear_gated_delta_rule_bwd(do: torch.Tensor | None, dht: torch.Tensor | None, residuals,

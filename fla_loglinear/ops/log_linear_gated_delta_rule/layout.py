@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PaddedChunkLayout", "make_layout", "to_chunks", "from_tokens", "pad_tokens"]
+__all__ = ["CHUNK_SIZE", "PaddedChunkLayout", "make_layout", "to_chunks", "from_tokens", "pad_tokens"]
+
+# the one chunk size of the Gated DeltaNet kernels (fla's chunk_gated_delta_rule uses 64 too)
+CHUNK_SIZE = 64
 
 
 @dataclass
@@ -31,7 +34,7 @@ class PaddedChunkLayout:
     partial_end: bool = True
 
 
-def make_layout(B: int, T: int, cu_seqlens, positions, device, C: int = 64) -> PaddedChunkLayout:
+def make_layout(B: int, T: int, cu_seqlens, positions, device, C: int = CHUNK_SIZE) -> PaddedChunkLayout:
     """Aligned chunk layout; ``positions`` is the per-sequence start (host ints or None).
 
     Needs the sequence lengths and the start positions on the host (``cu_seqlens`` is read once,
