@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import torch
 import triton
+from fla.ops.utils.index import prepare_lens
 
+from fla_loglinear.ops.aligned_chunks import (
+    aligned_chunk_counts,
+    aligned_chunk_table,
+    token_offsets,
+)
 from fla_loglinear.ops.log_linear_attn.args import check_log_linear_attn_args
 from fla_loglinear.ops.log_linear_attn.chunk_bwd import (
     chunk_log_linear_attn_bwd_dnodes_kernel,
@@ -55,31 +61,22 @@ class ChunkLayout:
         self, B: int, T: int, cu_seqlens: torch.Tensor | None, positions: torch.Tensor | None, BT: int, device
     ):
         # Built on the device from host-known sizes: no host-to-device copy, no read-back.
-        extra = int(positions is not None)
         i64 = dict(dtype=torch.int64, device=device)
         if cu_seqlens is None:
-            N = B
-            self.seq_bos = torch.arange(N, **i64) * T
-            self.seq_len = torch.full((N,), T, **i64)
-            self.NT = N * (triton.cdiv(T, BT) + extra)
-            self.max_chunks = triton.cdiv(T, BT) + extra
+            offsets, cu_seqlens = token_offsets(B, T, None), torch.arange(B + 1, **i64) * T
         else:
             # the argument checks already read the offsets back, as fla's varlen ops do
             offsets = cu_seqlens.tolist()
-            N = len(offsets) - 1
-            self.seq_bos = cu_seqlens[:-1].to(torch.int64)
-            self.seq_len = cu_seqlens.diff().to(torch.int64)
-            counts = [triton.cdiv(e - s, BT) + extra for s, e in zip(offsets[:-1], offsets[1:])]
-            self.NT, self.max_chunks = sum(counts), max(counts)
-        counts = (self.seq_len + BT - 1) // BT + extra
-        self.chunk_offsets = torch.zeros(N + 1, **i64)
-        self.chunk_offsets[1:] = counts.cumsum(0)
-        seq = torch.repeat_interleave(torch.arange(N, **i64), counts, output_size=self.NT)
-        local = torch.arange(self.NT, **i64) - self.chunk_offsets[seq]
-        self.N = N
-        self.chunk_indices = torch.stack([seq, local], 1).to(torch.int32)
+        # p0 % BT is not known on the host: a lead of BT leaves room for any start
+        lead = BT if positions is not None else 0
+        counts = aligned_chunk_counts(offsets, lead, BT)
+        self.N, self.NT, self.max_chunks = len(counts), sum(counts), max(counts)
+        self.seq_bos = cu_seqlens[:-1].to(torch.int64)
+        self.seq_len = prepare_lens(cu_seqlens).to(torch.int64)
+        chunk_indices, self.chunk_offsets = aligned_chunk_table(cu_seqlens, lead, BT, self.NT)
+        self.chunk_indices = chunk_indices.to(torch.int32)
         if positions is None:
-            self.pos0 = torch.zeros(N, **i64)
+            self.pos0 = torch.zeros(self.N, **i64)
         else:
             self.pos0 = positions.to(**i64).contiguous()
 

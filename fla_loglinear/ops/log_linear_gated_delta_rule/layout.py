@@ -8,9 +8,17 @@ identity and it neither writes nor reads.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import torch
+from fla.ops.utils.index import prepare_lens
+
+from fla_loglinear.ops.aligned_chunks import (
+    aligned_chunk_counts,
+    aligned_chunk_table,
+    token_offsets,
+)
 
 __all__ = ["CHUNK_SIZE", "PaddedChunkLayout", "make_layout", "to_chunks", "from_tokens", "pad_tokens"]
 
@@ -51,31 +59,26 @@ def make_layout(B: int, T: int, cu_seqlens, positions, device, C: int = CHUNK_SI
 
 @functools.lru_cache(maxsize=16)
 def _make_layout(B: int, T: int, offs, starts, device: torch.device, C: int) -> PaddedChunkLayout:
-    if offs is None:
-        bos, lens = [n * T for n in range(B)], [T] * B
-    else:
-        bos, lens = list(offs[:-1]), [b - a for a, b in zip(offs[:-1], offs[1:])]
-    N = len(lens)
+    offsets = token_offsets(B, T, offs)
+    N = len(offsets) - 1
     p0 = [0] * N if starts is None else list(starts)
-    nchunks = [(p + n - 1) // C - p // C + 1 for p, n in zip(p0, lens)]
-    offsets = [0]
-    for nc in nchunks:
-        offsets.append(offsets[-1] + nc)
-    NC = offsets[-1]
-    shift = [offsets[n] * C + p0[n] % C - bos[n] for n in range(N)]
+    lens = [b - a for a, b in itertools.pairwise(offsets)]
+    NC = sum(aligned_chunk_counts(offsets, [p % C for p in p0], C))
     # one pageable copy without a sync: the driver stages the host list before the call returns
-    host = torch.tensor([*offsets, *p0, *lens, *nchunks, *shift], dtype=torch.int64)
-    dev = host.to(device, non_blocking=True)
-    offsets_d, start, lens_d, nchunks_d, shift_d = dev.split([N + 1, N, N, N, N])
-    seqs = torch.arange(N, device=device)
-    seq_of_token = torch.repeat_interleave(seqs, lens_d, output_size=B * T)
-    seq_of_chunk = torch.repeat_interleave(seqs, nchunks_d, output_size=NC)
-    chunk_base = ((start // C)[seq_of_chunk] + torch.arange(NC, device=device) - offsets_d[seq_of_chunk]) * C
+    dev = torch.tensor([*offsets, *p0], dtype=torch.int64).to(device, non_blocking=True)
+    cu, start = dev.split([N + 1, N])
+    chunk_indices, chunk_offsets = aligned_chunk_table(cu, start % C, C, NC)
+    seq_of_chunk, local = chunk_indices.unbind(1)
+    lens_d = prepare_lens(cu)
+    # not fla's prepare_sequence_ids: it would read the lengths back or copy its result over
+    seq_of_token = torch.repeat_interleave(torch.arange(N, device=device), lens_d, output_size=B * T)
+    shift = chunk_offsets[:-1] * C + start % C - cu[:-1]
+    chunk_base = ((start // C)[seq_of_chunk] + local) * C
     return PaddedChunkLayout(
         C=C,
         NC=NC,
-        slot_idx=torch.arange(B * T, device=device) + shift_d[seq_of_token],
-        chunk_offsets=offsets_d.to(torch.int32),
+        slot_idx=torch.arange(B * T, device=device) + shift[seq_of_token],
+        chunk_offsets=chunk_offsets.to(torch.int32),
         pos_start=start,
         pos_end=start + lens_d,
         row_pos=chunk_base[:, None] + torch.arange(C, device=device),
