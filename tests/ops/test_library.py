@@ -101,14 +101,18 @@ def test_a_launch_plan_under_compile_raises_naming_it():
 # the Gated DeltaNet training op (fixed-length inputs, Triton path): the forward's residuals cross the op
 
 
-def _fixed_inputs(T: int, H: int = 1, HV: int = 2, K: int = 16, seed: int = 3):
+# the Triton path: CUDA, or the interpreter without a GPU (tests/conftest.py)
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _fixed_inputs(T: int, H: int = 1, HV: int = 2, K: int = 32, seed: int = 3):
     gen = torch.Generator().manual_seed(seed)
 
     def rnd(*shape):
-        return torch.randn(*shape, generator=gen)
+        return torch.randn(*shape, generator=gen).to(DEV)
 
     xs = (rnd(2, T, H, K), rnd(2, T, H, K), rnd(2, T, HV, K), rnd(2, T, HV), rnd(2, T, HV),
-          torch.rand(2, T, HV, L, generator=gen) + 0.5, torch.linspace(-1.0, 0.5, HV), 0.1 * rnd(HV))
+          torch.rand(2, T, HV, L, generator=gen).to(DEV) + 0.5, torch.linspace(-1.0, 0.5, HV, device=DEV), 0.1 * rnd(HV))
     return [x.requires_grad_() for x in xs]
 
 
@@ -120,7 +124,7 @@ def test_training_op_fake_residuals_match_the_forward(local, T):
     from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import chunk_log_linear_gated_delta_rule_fwd, saved_like
     from fla_loglinear.ops.log_linear_gated_delta_rule.plan import plan_for
 
-    q, k, v, g, beta, lam = (x.detach() for x in _fixed_inputs(T, H=2, K=32)[:6])
+    q, k, v, g, beta, lam = (x.detach() for x in _fixed_inputs(T, H=2)[:6])
     g, beta = -g.sigmoid(), beta.sigmoid()
     plan = plan_for(32, 32, 2 * 2, v.dtype, v.device, local=local)
     residuals = chunk_log_linear_gated_delta_rule_fwd(q, k, v, g, beta, lam, 0.3, None, None, None, plan)[3]
@@ -144,7 +148,7 @@ def test_opcheck_training_op():
 
 @pytest.mark.parametrize("T", [64, 70])
 def test_compiled_training_op_equals_eager(T):
-    """Fixed-length inputs on the Triton path (the interpreter here) compile to the training op, whose
+    """Fixed-length inputs on the Triton path compile to the training op, whose
     backward reads the forward's residuals; gradients of every input, A_log and dt_bias included, and
     of the final state, against the eager op."""
     from torch._dynamo.testing import EagerAndRecordGraphs
@@ -165,4 +169,6 @@ def test_compiled_training_op_equals_eager(T):
     assert "fla_loglinear.chunk_log_linear_gated_delta_rule_train.default" in ops
     for name, r, c in zip("q k v g beta lam A_log dt_bias".split(), ref, got):
         assert r.abs().max() > 0, name
-        torch.testing.assert_close(c, r, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        # the same kernels both ways; on CUDA the autotuner may pick another block shape per call
+        tol = 1e-5 if DEV == "cpu" else 1e-4
+        torch.testing.assert_close(c, r, atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
