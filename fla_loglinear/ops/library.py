@@ -7,9 +7,10 @@ do not come here: a decode step is mostly host time, and the dispatcher would ad
 
 A :class:`~fla_loglinear.FenwickState` cannot cross the dispatcher, so it crosses as its tensors
 (``states``, ``positions`` and the optional ``pending_*``) and is rebuilt on both sides.  Each op's
-implementation is the eager public function itself (the training op's: its forward launcher), on whatever device the tensors are (one
-implementation serves CPU and CUDA): it runs every argument check again, the value checks
-included, which the traced wrapper skips (they read tensors back to the host).
+implementation is the eager public function itself (the training op's: its forward launcher), on
+whatever device the tensors are (one implementation serves CPU and CUDA): it runs every argument
+check again, the value checks included, which the traced wrapper skips (they read tensors back to
+the host).
 
 Training ops have a backward op of their own.  The scalar-gated op's calls its backward launcher on
 the Triton path.  The Gated DeltaNet op has two routes.  Training inputs on the Triton path (``B``
@@ -37,6 +38,7 @@ from fla_loglinear.ops.log_linear_gated_delta_rule.chunk import (
     chunk_log_linear_gated_delta_rule_bwd,
     chunk_log_linear_gated_delta_rule_fwd,
     local_inputs,
+    on_value_heads,
     plan_for_call,
     saved_like,
     state_in,
@@ -381,9 +383,7 @@ def _preprocess(q, k, g, beta, A_log, dt_bias, HV: int, flags):
     opts = GatedDeltaRuleOptions(use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
                                  use_gate_in_kernel, A_log, dt_bias)
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
-    if q.shape[2] != HV:
-        q, k = (x.repeat_interleave(HV // x.shape[2], dim=2) for x in (q, k))
-    return q, k, g, beta
+    return (*on_value_heads(q, k, HV), g, beta)
 
 
 @torch.library.custom_op(f"{_NS}::chunk_log_linear_gated_delta_rule_train", mutates_args=())

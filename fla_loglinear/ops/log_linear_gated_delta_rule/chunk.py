@@ -70,6 +70,14 @@ def plan_for_call(q, v, NH: int, plan: GDNLaunchPlan | None) -> GDNLaunchPlan:
     return plan
 
 
+def on_value_heads(q: torch.Tensor, k: torch.Tensor, HV: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """q / k ``[B, T, H, K]`` as the kernels take them, on the ``HV`` value heads (value head ``h``
+    reads q / k head ``h // (HV // H)``)."""
+    if q.shape[2] == HV:
+        return q, k
+    return q.repeat_interleave(HV // q.shape[2], dim=2), k.repeat_interleave(HV // k.shape[2], dim=2)
+
+
 def _mm_dtype(dtype: torch.dtype) -> torch.dtype:
     # the sweep's matmuls run in the input precision, as fla's chunk kernels do
     return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
@@ -305,9 +313,7 @@ def chunk_log_linear_gated_delta_rule(
     state = settle_pending(state)
     q, k, g, beta = preprocess_inputs(q, k, g, beta, opts)
     if triton_path:
-        if HV != H:
-            q = q.repeat_interleave(HV // H, dim=2)
-            k = k.repeat_interleave(HV // H, dim=2)
+        q, k = on_value_heads(q, k, HV)
         # read on the host once, like fla's varlen chunk indices
         seq_offsets = None if cu_seqlens is None else cu_seqlens.tolist()
         seq_starts = None if state is None else state.positions.tolist()

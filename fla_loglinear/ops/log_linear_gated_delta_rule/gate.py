@@ -14,6 +14,8 @@ import torch
 from fla.modules.l2norm import l2norm
 from fla.ops.gated_delta_rule.gate import naive_gdn_gate
 
+from fla_loglinear.ops.log_linear_gated_delta_rule.layout import CHUNK_SIZE
+
 __all__ = ["GatedDeltaRuleOptions", "parse_options", "preprocess_inputs", "L2NORM_EPS"]
 
 # fla's l2norm_fwd default, so q/k normalise identically to fla's kernel option.
@@ -52,9 +54,10 @@ def parse_options(op: str, use_qk_l2norm_in_kernel: bool, kwargs: dict) -> Gated
     if unknown:
         public = sorted(_KNOWN - {"_force_triton", "_plan"})
         raise TypeError(f"{op} got unsupported option(s) {unknown}; supported: {public}")
-    chunk_size = kwargs.get("chunk_size", 64)
-    if chunk_size != 64:
-        raise ValueError(f"{op}: chunk_size must be 64 (chunks are aligned to absolute positions), got {chunk_size}")
+    chunk_size = kwargs.get("chunk_size", CHUNK_SIZE)
+    if chunk_size != CHUNK_SIZE:
+        raise ValueError(f"{op}: chunk_size must be {CHUNK_SIZE} (chunks are aligned to absolute positions), "
+                         f"got {chunk_size}")
     opts = GatedDeltaRuleOptions(
         use_qk_l2norm_in_kernel=bool(use_qk_l2norm_in_kernel),
         use_beta_sigmoid_in_kernel=bool(kwargs.get("use_beta_sigmoid_in_kernel", False)),
