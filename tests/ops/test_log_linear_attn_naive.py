@@ -314,6 +314,7 @@ BAD_INPUTS = [
     ("g heads", lambda a: a.update(g=a["g"][:, :, :1]), ValueError, r"g has heads H = 1 .* expected 2"),
     ("lambda heads", lambda a: a.update(level_scales=a["level_scales"][:, :, :1]), ValueError, r"level_scales has heads H = 1"),
     ("lambda length", lambda a: a.update(level_scales=a["level_scales"][:, 1:]), ValueError, r"level_scales has sequence length T = 9"),
+    ("empty batch", lambda a: a.update(**{n: x[:0] for n, x in a.items()}), ValueError, r"B must be >= 1"),
     ("no levels", lambda a: a.update(level_scales=a["level_scales"][..., :0]), ValueError, r"L must be >= 1"),
     ("head groups", lambda a: a.update(q=a["q"].expand(-1, -1, 3, -1), k=a["k"].expand(-1, -1, 3, -1)), ValueError, r"v heads \(2\) must be a multiple of the q/k heads \(3\)"),
     ("dtype", lambda a: a.update(v=a["v"].double()), TypeError, r"v has dtype torch.float64 but q has torch.float32"),

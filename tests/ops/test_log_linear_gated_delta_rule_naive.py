@@ -275,6 +275,10 @@ BAD = [
           v=torch.randn(2, 0, 4, 4, dtype=F64), g=torch.randn(2, 0, 4, dtype=F64),
           beta=torch.rand(2, 0, 4, dtype=F64), level_scales=torch.rand(2, 0, 4, 3, dtype=F64)),
      ValueError, r"at least one token"),
+    (dict(q=torch.randn(0, 8, 2, 4, dtype=F64), k=torch.randn(0, 8, 2, 4, dtype=F64),
+          v=torch.randn(0, 8, 4, 4, dtype=F64), g=torch.randn(0, 8, 4, dtype=F64),
+          beta=torch.rand(0, 8, 4, dtype=F64), level_scales=torch.rand(0, 8, 4, 3, dtype=F64)),
+     ValueError, r"B must be >= 1"),
 ]
 
 

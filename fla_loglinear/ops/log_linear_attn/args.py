@@ -55,7 +55,7 @@ def check_log_linear_attn_args(
         check_dim("level_scales", level_scales, dim, "q", q, what)
     check_dim("g", g, 2, "v", v, "heads H")
     check_dim("level_scales", level_scales, 2, "v", v, "heads H")
-    for name, size in (("T", T), ("G", G), ("K", K), ("H", H), ("V", V), ("L", L)):
+    for name, size in (("B", B), ("T", T), ("G", G), ("K", K), ("H", H), ("V", V), ("L", L)):
         if size < 1:
             raise ValueError(
                 f"{name} must be >= 1, got shapes q {tuple(q.shape)}, v {tuple(v.shape)}, "

@@ -66,7 +66,7 @@ def check_log_linear_gated_delta_rule_args(
             check_dim(name, x, dim, "v", v, what)
     if T < 1:
         raise ValueError(f"q must hold at least one token, got T = 0 (shape {tuple(q.shape)})")
-    for name, n in (("K", K), ("V", V), ("L", L), ("H", H)):
+    for name, n in (("B", B), ("K", K), ("V", V), ("L", L), ("H", H)):
         if n < 1:
             raise ValueError(f"{name} must be >= 1, got q {tuple(q.shape)}, v {tuple(v.shape)}, "
                              f"level_scales {tuple(level_scales.shape)}")
